@@ -1,0 +1,270 @@
+"""The Python API, shaped like the standard library's gzip and lzma modules."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from . import coder, container, models
+from .codec import StreamDecoder, StreamEncoder, Summary
+from .container import CHUNK_NAMES, EndRecord
+from .errors import CorruptError, EngineMismatchError, FormatError, LLMZipError, ModelError
+
+DEFAULT_BATCH_SIZE = 16
+MAX_CHUNK_TOKENS = 1023  # longer chunks add little context but slow every decoding step
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Compressor:
+    """Holds a loaded model and its settings; reuse it, since loading is the expensive part.
+
+    Not safe to share across threads: give each thread its own Compressor (models are cached
+    and shared read-only between them).
+    """
+
+    def __init__(self, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
+                 device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 threads: int | None = None):
+        if not 1 <= level <= 9:
+            raise ValueError("level must be between 1 and 9")
+        if engine not in ("auto", "exact", "float"):
+            raise ValueError("engine must be 'auto', 'exact' or 'float'")
+        self.model = models.load_model(model or models.model_for_level(level))
+        exact = None if engine == "auto" else engine == "exact"
+        self.engine = self.model.engine(exact=exact, device=device or _default_device(), batch_size=batch_size,
+                                        threads=threads)
+        limit = min(self.model.context_length - 1, MAX_CHUNK_TOKENS)
+        self.chunk_tokens = min(chunk_tokens or limit, limit)
+        if self.chunk_tokens < 1:
+            raise ValueError("chunk_tokens must be at least 1")
+        self.batch_size = batch_size
+
+    def model_settings(self) -> dict:
+        """Everything the decoder needs to reproduce the model's predictions."""
+        return {
+            "model": {
+                "name": self.model.name,
+                "source": self.model.source,
+                "fingerprint": self.model.fingerprint,
+                "parameters": self.model.parameters,
+            },
+            "engine": self.engine.settings,
+            "coder": coder.CODER_SETTINGS,
+            "vocab_size": self.engine.vocab_size,
+            "start_token": self.engine.start_token,
+            "chunk_tokens": self.chunk_tokens,
+            "batch_size": self.batch_size,
+        }
+
+    def stream_writer(self, destination: BinaryIO, *, content_size: int | None = None,
+                      progress: Callable[[int], None] | None = None) -> StreamEncoder:
+        return StreamEncoder(destination, header={"content_size": content_size}, model_settings=self.model_settings(),
+                             tokenizer=self.model.tokenizer,
+                             engine=self.engine, chunk_tokens=self.chunk_tokens, batch_size=self.batch_size,
+                             progress=progress)
+
+    def copy_stream(self, source: BinaryIO, destination: BinaryIO, *, content_size: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> Summary:
+        writer = self.stream_writer(destination, content_size=content_size, progress=progress)
+        while block := source.read(1 << 20):
+            writer.write(block)
+        summary = writer.close()
+        summary.compressed_size = destination.tell() if destination.seekable() else 0
+        return summary
+
+    def compress(self, data: bytes) -> bytes:
+        output = io.BytesIO()
+        self.copy_stream(io.BytesIO(data), output, content_size=len(data))
+        return output.getvalue()
+
+
+class Decompressor:
+    """Decodes llmzip data; keeps the models it loaded for the next file."""
+
+    def __init__(self, *, model: str | None = None, device: str | None = None):
+        self.model_override = model
+        self.device = device
+
+    def _engine_for(self, header: dict):
+        recorded_model = header.get("model")
+        if not isinstance(recorded_model, dict) or not isinstance(header.get("engine"), dict):
+            raise CorruptError("the header is damaged (model or engine missing)")
+        if header.get("coder") != coder.CODER_SETTINGS:
+            raise FormatError(f"the file uses a coder this llmzip does not have ({header.get('coder')}); upgrade llmzip")
+        try:
+            model = models.load_model(self.model_override or str(recorded_model.get("name")))
+        except ModelError as error:
+            raise ModelError(f"{models.describe_missing(recorded_model)} ({error})") from None
+        if model.fingerprint != recorded_model.get("fingerprint"):
+            raise ModelError(
+                f"model '{model.name}' (sha256 {model.fingerprint[:12]}…) is not the one this file was made with; "
+                + models.describe_missing(recorded_model)
+            )
+        settings = header["engine"]
+        if settings.get("kind") == "exact":
+            engine = model.engine(exact=True, device=self.device or _default_device())
+            if engine.settings != settings:
+                raise EngineMismatchError(
+                    f"the file was made with exact engine settings {settings}, this llmzip has {engine.settings}; "
+                    "use the llmzip version that made it"
+                )
+        elif settings.get("kind") == "float":
+            device = settings.get("device", "cpu")
+            engine = model.engine(exact=False, device=device, batch_size=header["batch_size"], threads=settings.get("threads"))
+            engine.check_machine(settings)
+        else:
+            raise FormatError(f"the file uses an engine this llmzip does not have ({settings.get('kind')}); upgrade llmzip")
+        if engine.vocab_size != header.get("vocab_size") or engine.start_token != header.get("start_token"):
+            raise ModelError("the model's vocabulary does not match the file; " + models.describe_missing(recorded_model))
+        return engine, model.tokenizer
+
+    def stream_reader(self, source: BinaryIO) -> StreamDecoder:
+        return StreamDecoder(source, container.read_header(source), self._engine_for)
+
+    def copy_stream(self, source: BinaryIO, destination: BinaryIO, *, progress: Callable[[int], None] | None = None) -> int:
+        size = 0
+        for block in self.stream_reader(source):
+            destination.write(block)
+            size += len(block)
+            if progress is not None:
+                progress(len(block))
+        return size
+
+    def decompress(self, data: bytes) -> bytes:
+        output = io.BytesIO()
+        self.copy_stream(io.BytesIO(data), output)
+        return output.getvalue()
+
+
+def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
+             device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> bytes:
+    """Compress `data` in one call; see Compressor for the options."""
+    return Compressor(model=model, level=level, engine=engine, device=device, chunk_tokens=chunk_tokens,
+                      batch_size=batch_size).compress(bytes(data))
+
+
+def decompress(data: bytes, *, model: str | None = None, device: str | None = None) -> bytes:
+    """Decompress one llmzip stream; raises EOFError (TruncatedError) when it was cut short."""
+    return Decompressor(model=model, device=device).decompress(bytes(data))
+
+
+@dataclass
+class Info:
+    header: dict
+    model_settings: dict | None  # None when no chunk needed a model
+    content_size: int
+    compressed_size: int
+    chunks: dict
+    model_tokens: int
+
+    @property
+    def bits_per_byte(self) -> float:
+        return 8 * self.compressed_size / self.content_size if self.content_size else 0.0
+
+    @property
+    def ratio(self) -> float:
+        return self.compressed_size / self.content_size if self.content_size else 0.0
+
+
+def info(data: bytes | BinaryIO) -> Info:
+    """What a file holds, read from its header and records without decoding (no model needed)."""
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    start = source.tell() if source.seekable() else 0
+    header = container.read_header(source)
+    model_settings = None
+    chunks = {name: 0 for name in CHUNK_NAMES.values()}
+    model_tokens = 0
+    while not isinstance(record := container.read_record(source, container.MAX_GROUP_CHUNKS), EndRecord):
+        if isinstance(record, dict):
+            model_settings = record
+            continue
+        for chunk in record:
+            chunks[CHUNK_NAMES[chunk.kind]] += 1
+            model_tokens += chunk.token_count
+    compressed = source.tell() - start if source.seekable() else 0
+    return Info(header, model_settings, record.content_size, compressed, chunks, model_tokens)
+
+
+class LLMZipFile(io.BufferedIOBase):
+    """A file object that compresses on write or decompresses on read, like gzip.GzipFile."""
+
+    def __init__(self, filename, mode: str = "rb", *, model: str | None = None, level: int = models.DEFAULT_LEVEL,
+                 device: str | None = None, **options):
+        super().__init__()
+        if mode not in ("r", "rb", "w", "wb", "x", "xb", "a", "ab"):
+            raise ValueError(f"invalid mode {mode!r}")
+        if mode.startswith("a"):
+            raise ValueError("appending to an llmzip file is not supported")
+        binary_mode = mode[0] + "b"
+        self._owns_file = isinstance(filename, (str, bytes, os.PathLike))
+        self._file = builtins.open(filename, binary_mode) if self._owns_file else filename
+        self._reading = mode.startswith("r")
+        if self._reading:
+            self._blocks = iter(Decompressor(model=model, device=device).stream_reader(self._file))
+            self._buffer = b""
+        else:
+            self._writer = Compressor(model=model, level=level, device=device, **options).stream_writer(self._file)
+
+    def readable(self) -> bool:
+        return self._reading
+
+    def writable(self) -> bool:
+        return not self._reading
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self._reading:
+            raise io.UnsupportedOperation("not opened for reading")
+        while size is None or size < 0 or len(self._buffer) < size:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            self._buffer += block
+        if size is None or size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def write(self, data) -> int:
+        if self._reading:
+            raise io.UnsupportedOperation("not opened for writing")
+        data = bytes(data)
+        self._writer.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._reading:
+                self._writer.close()
+        finally:
+            if self._owns_file:
+                self._file.close()
+            super().close()
+
+
+def open(filename, mode: str = "rb", *, model: str | None = None, level: int = models.DEFAULT_LEVEL,
+         device: str | None = None, encoding: str | None = None, errors: str | None = None, newline: str | None = None,
+         **options):
+    """Open an llmzip file in binary ('rb', 'wb', 'xb') or text ('rt', 'wt', 'xt') mode."""
+    if "t" in mode:
+        binary = LLMZipFile(filename, mode.replace("t", ""), model=model, level=level, device=device, **options)
+        return io.TextIOWrapper(binary, encoding, errors, newline)
+    if encoding is not None or errors is not None or newline is not None:
+        raise ValueError("encoding, errors and newline are for text mode only")
+    return LLMZipFile(filename, mode, model=model, level=level, device=device, **options)
+
+
+__all__ = ["Compressor", "Decompressor", "Info", "LLMZipError", "LLMZipFile", "compress", "decompress", "info", "open"]

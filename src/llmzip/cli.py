@@ -1,0 +1,361 @@
+"""The llmzip command line, shaped like zstd and xz.
+
+    llmzip FILE            compress to FILE.llmz (the input is kept)
+    llmzip -d FILE.llmz    decompress to FILE
+    llmzip train|bench|explain ...   the other tools
+
+Errors from the library are caught here, in one place, and printed as `llmzip: FILE: message`
+with exit status 1 (2 for usage errors); set LLMZIP_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import __version__
+from .errors import LLMZipError
+
+SUFFIX = ".llmz"
+SUBCOMMANDS = ("train", "bench", "explain")
+
+
+class UsageError(Exception):
+    pass
+
+
+class Interrupted(Exception):
+    """Raised from SIGTERM so that partial output is removed just as on Ctrl-C."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmzip",
+        description="Lossless compression with language models. With no FILE, or when FILE is -, read standard input.",
+        epilog="Other tools: llmzip train | bench | explain (each has --help). Exit status: 0 ok, 1 error, 2 usage error.",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILE")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-z", "--compress", dest="mode", action="store_const", const="compress", help="compress (default)")
+    mode.add_argument("-d", "--decompress", dest="mode", action="store_const", const="decompress", help="decompress")
+    mode.add_argument("-t", "--test", dest="mode", action="store_const", const="test", help="test the integrity of compressed files")
+    mode.add_argument("-l", "--list", dest="mode", action="store_const", const="list", help="list what compressed files hold")
+    parser.add_argument("-c", "--stdout", action="store_true", help="write to standard output")
+    parser.add_argument("-o", dest="output", metavar="FILE", help="write the result to FILE (one input only)")
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("-k", "--keep", dest="remove", action="store_false", help="keep the input files (default)")
+    keep.add_argument("--rm", dest="remove", action="store_true", help="remove the input files after success")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output; write compressed data to a terminal")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("-m", "--model", metavar="NAME|PATH", help="built-in model name, native model directory, Hugging Face directory or GGUF file")
+    parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto",
+                        help="exact: integer engine, files decode on any machine (native models, default); float: any model, decodes only on a matching machine")
+    parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per independently coded chunk (default: the model's context)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks coded together in one batch (default 16)")
+    parser.add_argument("-T", "--threads", type=int, metavar="N", help="CPU threads for inference")
+    for level in range(1, 10):
+        parser.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
+    parser.add_argument("-V", "--version", action="version", version=f"llmzip {__version__}")
+    parser.set_defaults(mode="compress", remove=False, level=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return _run_subcommand(argv[0], argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return Runner(args).run()
+    except UsageError as error:
+        print(f"llmzip: {error}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted("terminated")
+
+
+def _run_subcommand(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module = importlib.import_module({"train": ".train", "bench": ".bench", "explain": ".explain"}[name], __package__)
+    parser = argparse.ArgumentParser(prog=f"llmzip {name}")
+    getattr(module, f"add_{name}_arguments")(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    try:
+        return int(getattr(module, f"run_{name}")(args) or 0)
+    except (LLMZipError, OSError) as error:
+        if os.environ.get("LLMZIP_DEBUG"):
+            raise
+        print(f"llmzip {name}: {error}", file=sys.stderr)
+        return 1
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self._compressor = None
+        self._decompressor = None
+        self.failures = 0
+
+    # Settings checks that need no file.
+    def run(self) -> int:
+        args = self.args
+        files = args.files or ["-"]
+        if args.output and len(files) > 1:
+            raise UsageError("-o takes one input file")
+        if args.output and args.stdout:
+            raise UsageError("-o and -c cannot be used together")
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, args.threads))
+        rows = []
+        for name in files:
+            try:
+                with self._report_errors(name):
+                    if args.mode == "list":
+                        rows.append(self.list_file(name))
+                    elif args.mode == "test":
+                        self.test_file(name)
+                    else:
+                        self.convert_file(name)
+            except KeyboardInterrupt:
+                print("llmzip: interrupted", file=sys.stderr)
+                return 1
+        if rows:
+            self.print_table(rows)
+        return 1 if self.failures else 0
+
+    @contextmanager
+    def _report_errors(self, name: str):
+        try:
+            yield
+        except (LLMZipError, OSError, ValueError) as error:
+            if os.environ.get("LLMZIP_DEBUG"):
+                raise
+            self.failures += 1
+            label = "(stdin)" if name == "-" else name
+            message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            print(f"llmzip: {label}: {message}", file=sys.stderr)
+        except Interrupted:
+            raise KeyboardInterrupt from None
+
+    @property
+    def compressor(self):
+        if self._compressor is None:
+            from .api import Compressor
+
+            args = self.args
+            self._compressor = Compressor(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
+                                          chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads)
+        return self._compressor
+
+    @property
+    def decompressor(self):
+        if self._decompressor is None:
+            from .api import Decompressor
+
+            self._decompressor = Decompressor(model=self.args.model, device=self.args.device)
+        return self._decompressor
+
+    def output_name(self, name: str) -> str | None:
+        """Where the result goes: a path, or None for standard output."""
+        args = self.args
+        if args.output:
+            return None if args.output == "-" else args.output
+        if args.stdout or name == "-":
+            return None
+        if args.mode == "compress":
+            if name.endswith(SUFFIX):
+                raise LLMZipError(f"already has the {SUFFIX} suffix -- ignored (use -c or -o to compress it again)")
+            return name + SUFFIX
+        if not name.endswith(SUFFIX) or len(name) == len(SUFFIX):
+            raise LLMZipError(f"unknown suffix (expected {SUFFIX}) -- ignored; use -o to name the output")
+        return name[: -len(SUFFIX)]
+
+    def convert_file(self, name: str) -> None:
+        args = self.args
+        compressing = args.mode == "compress"
+        target = self.output_name(name)
+        if target is None and compressing and sys.stdout.isatty() and not args.force:
+            raise LLMZipError("will not write compressed data to a terminal (use -f to force, or -o FILE)")
+        if target is not None and os.path.exists(target) and not args.force:
+            raise LLMZipError(f"{target} already exists; use -f to overwrite")
+        if target is not None and name != "-" and os.path.exists(target) and os.path.samefile(name, target):
+            raise LLMZipError("input and output are the same file")
+        with _open_input(name) as source:
+            size = _input_size(source)
+            progress = self._progress_bar(size, name)
+            try:
+                with _atomic_output(target, like=None if name == "-" else name) as destination:
+                    if compressing:
+                        summary = self.compressor.copy_stream(source, destination, content_size=size, progress=progress.update)
+                        in_size, out_size = summary.content_size, _written(destination, summary)
+                    else:
+                        in_size = size or 0
+                        out_size = self.decompressor.copy_stream(source, destination, progress=progress.update)
+            finally:
+                progress.close()
+        if args.remove and name != "-" and target is not None:
+            os.remove(name)
+        if not args.quiet:
+            self.print_summary(name, target, in_size, out_size, compressing)
+
+    def test_file(self, name: str) -> None:
+        with _open_input(name) as source:
+            size = self.decompressor.copy_stream(source, _NullWriter())
+        if not self.args.quiet:
+            print(f"{name} : OK ({human_size(size)})", file=sys.stderr)
+
+    def list_file(self, name: str) -> dict:
+        from .api import info
+
+        with _open_input(name) as source:
+            details = info(source)
+        settings = details.model_settings or {}
+        model = settings.get("model", {})
+        return {
+            "file": name,
+            "model": model.get("name", "-") if settings else "(none needed)",
+            "fingerprint": str(model.get("fingerprint", ""))[:12],
+            "engine": settings.get("engine", {}).get("kind", "-"),
+            "compressed": details.compressed_size,
+            "original": details.content_size,
+            "bits_per_byte": details.bits_per_byte,
+            "chunks": details.chunks,
+        }
+
+    def print_table(self, rows: list[dict]) -> None:
+        print(f"{'Compressed':>12} {'Original':>12} {'Ratio':>7} {'Bits/B':>7}  {'Model':<24} {'Engine':<6} File")
+        for row in rows:
+            ratio = row["compressed"] / row["original"] if row["original"] else 0.0
+            print(f"{human_size(row['compressed']):>12} {human_size(row['original']):>12} {ratio:>7.2%} "
+                  f"{row['bits_per_byte']:>7.3f}  {row['model']:<24} {row['engine']:<6} {row['file']}")
+            if self.args.verbose:
+                chunks = ", ".join(f"{count} {kind}" for kind, count in row["chunks"].items())
+                print(f"{'':>12} chunks: {chunks}; model sha256 {row['fingerprint']}…")
+
+    def print_summary(self, name, target, in_size, out_size, compressing) -> None:
+        shown = "(stdin)" if name == "-" else name
+        where = target or "(stdout)"
+        if compressing:
+            percent = f"{100 * out_size / in_size:.2f}%" if in_size else "100%"
+            bits = f", {8 * out_size / in_size:.3f} bits/byte" if in_size and self.args.verbose else ""
+            print(f"{shown} : {percent} ({human_size(in_size)} => {human_size(out_size)}, {where}){bits}", file=sys.stderr)
+        else:
+            print(f"{shown} : {human_size(out_size)}, {where}", file=sys.stderr)
+
+    def _progress_bar(self, total: int | None, name: str):
+        from tqdm import tqdm
+
+        disabled = self.args.quiet or not sys.stderr.isatty()
+        return tqdm(total=total, desc=Path(name).name if name != "-" else "stdin", unit="B", unit_scale=True,
+                    unit_divisor=1024, disable=disabled, leave=False, file=sys.stderr)
+
+
+class _NullWriter:
+    def write(self, data) -> int:
+        return len(data)
+
+
+def _written(destination, summary) -> int:
+    return summary.compressed_size or getattr(destination, "bytes_written", 0)
+
+
+def _input_size(source) -> int | None:
+    """The size of a regular file; None for pipes and terminals."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    import stat
+
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
+@contextmanager
+def _open_input(name: str):
+    if name == "-":
+        yield sys.stdin.buffer
+        return
+    if os.path.isdir(name):
+        raise LLMZipError("is a directory -- ignored")
+    with open(name, "rb") as source:
+        yield source
+
+
+class _CountingWriter:
+    """Standard output that counts what was written (it cannot tell())."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.bytes_written = 0
+
+    def write(self, data) -> int:
+        self.stream.write(data)
+        self.bytes_written += len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.bytes_written
+
+
+@contextmanager
+def _atomic_output(target: str | None, like: str | None):
+    """Write to a temporary file beside the target and rename it into place only on success."""
+    if target is None:
+        writer = _CountingWriter(sys.stdout.buffer)
+        yield writer
+        sys.stdout.buffer.flush()
+        return
+    directory = os.path.dirname(os.path.abspath(target))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as destination:
+            yield destination
+            destination.flush()
+            os.fsync(destination.fileno())
+        if like is not None:
+            shutil.copystat(like, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        try:
+            os.remove(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

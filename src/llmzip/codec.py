@@ -1,0 +1,294 @@
+"""Streaming compression and decompression: bytes -> chunks -> coded groups, and back.
+
+The input is read in blocks. A block that looks like text is tokenised and cut into chunks
+of at most `chunk_tokens` tokens; each chunk is coded from a fresh context (the start token),
+so chunks are independent. Chunks are coded in groups of up to `batch_size` that share one
+batched model pass. A block that does not look like text (or a chunk the model would expand)
+is kept raw or xz-compressed, whichever is smaller, so no input grows by more than the
+framing.
+
+The decoder walks each group with the incremental path; the encoder uses a full pass only
+when the engine proves the two identical (batch_invariant), and otherwise walks the very same
+incremental path with the same batch shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
+
+import numpy as np
+
+from . import coder, container
+from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
+from .errors import CorruptError, TokenizationError
+
+BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
+_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+
+
+@dataclass
+class Summary:
+    content_size: int = 0
+    compressed_size: int = 0
+    model_bits: float = 0.0  # Σ −log2 p over model-coded tokens: the cross-entropy bound
+    model_payload_bytes: int = 0
+    model_raw_bytes: int = 0
+    tokens: int = 0
+    chunks: dict = field(default_factory=lambda: {"model": 0, "stored": 0, "xz": 0})
+
+
+def looks_like_text(block: bytes) -> bool:
+    """Text for a language model: valid UTF-8 almost everywhere and almost no NUL bytes."""
+    if not block:
+        return False
+    if block.count(0) * 100 > len(block):
+        return False
+    text = block.decode("utf-8", errors="replace")
+    return text.count("\ufffd") * 50 <= len(block)
+
+
+def _raw_chunk(data: bytes) -> ChunkRecord:
+    compressed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_XZ_FILTERS)
+    if len(compressed) < len(data):
+        return ChunkRecord(CHUNK_XZ, len(data), 0, zlib.crc32(data), compressed)
+    return ChunkRecord(CHUNK_STORED, len(data), 0, zlib.crc32(data), data)
+
+
+class StreamEncoder:
+    """Push bytes in with write(); coded groups go to `destination`; close() writes the end."""
+
+    def __init__(self, destination: BinaryIO, *, header: dict, model_settings: dict, tokenizer, engine,
+                 chunk_tokens: int, batch_size: int, progress: Callable[[int], None] | None = None):
+        self.destination = destination
+        self.model_settings = model_settings  # written before the first model-coded group only
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.chunk_tokens = chunk_tokens
+        self.batch_size = batch_size
+        self.progress = progress
+        self.summary = Summary()
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._pending: list[tuple[bytes, np.ndarray]] = []  # text chunks waiting for a full group
+        self._raw_run = bytearray()  # non-text bytes waiting to be kept raw or as xz
+        container.write_header(destination, header)
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.summary.content_size += len(data)
+        self._buffer += data
+        while len(self._buffer) >= BLOCK_BYTES:
+            self._take_block(final=False)
+
+    def close(self) -> Summary:
+        while self._buffer:
+            self._take_block(final=True)
+        self._flush_text(final=True)
+        self._flush_raw()
+        container.write_end(self.destination, EndRecord(self.summary.content_size, self._hash.digest()))
+        return self.summary
+
+    def _take_block(self, final: bool) -> None:
+        block = bytes(self._buffer[:BLOCK_BYTES])
+        if not looks_like_text(block):
+            del self._buffer[: len(block)]
+            self._flush_text(final=True)
+            self._raw_run += block
+            if len(self._raw_run) >= BLOCK_BYTES:
+                self._flush_raw()
+            return
+        self._flush_raw()
+        try:
+            tokens = self.tokenizer.tokenize(block)
+        except TokenizationError:
+            del self._buffer[: len(block)]
+            self._raw_run += block
+            self._flush_raw()
+            return
+        pieces = [tokens[start : start + self.chunk_tokens] for start in range(0, len(tokens), self.chunk_tokens)]
+        last_buffer = final and len(block) == len(self._buffer)
+        if not last_buffer and len(pieces) > 1:
+            pieces.pop()  # its bytes are tokenised again with what follows, so chunks stay full
+        consumed = 0
+        for piece in pieces:
+            raw = self.tokenizer.detokenize(piece)
+            consumed += len(raw)
+            self._pending.append((raw, piece))
+        del self._buffer[:consumed]
+        self._flush_text(final=False)
+
+    def _flush_raw(self) -> None:
+        while self._raw_run:
+            data = bytes(self._raw_run[:BLOCK_BYTES])
+            del self._raw_run[: len(data)]
+            self._write_group([_raw_chunk(data)])
+
+    def _flush_text(self, final: bool) -> None:
+        while len(self._pending) >= self.batch_size or (final and self._pending):
+            group, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
+            self._write_group(self._code_group(group))
+
+    def _code_group(self, group: list[tuple[bytes, np.ndarray]]) -> list[ChunkRecord]:
+        coded = encode_chunks(self.engine, [tokens for _, tokens in group])
+        keep = [len(payload) < len(raw) for (raw, _), (payload, _) in zip(group, coded)]
+        if not all(keep) and any(keep) and not self.engine.batch_invariant:
+            # The decoder will batch only the model-coded chunks; recode them in that batch shape.
+            recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k]))
+            coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
+        model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
+        fallback = _raw_chunk(b"".join(raw for raw, _ in group))
+        if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
+            return [fallback]  # repetitive text that the chunk-by-chunk model cannot see as such
+        records = []
+        for (raw, tokens), (payload, bits), model_coded in zip(group, coded, keep):
+            if model_coded:
+                records.append(ChunkRecord(CHUNK_MODEL, len(raw), len(tokens), zlib.crc32(raw), payload))
+                self.summary.model_bits += bits
+                self.summary.model_payload_bytes += len(payload)
+                self.summary.model_raw_bytes += len(raw)
+                self.summary.tokens += len(tokens)
+            else:
+                records.append(_raw_chunk(raw))
+        return records
+
+    def _write_group(self, records: list[ChunkRecord]) -> None:
+        if self.model_settings is not None and any(record.kind == CHUNK_MODEL for record in records):
+            container.write_model_record(self.destination, self.model_settings)
+            self.model_settings = None
+        container.write_group(self.destination, records)
+        for record in records:
+            self.summary.chunks[CHUNK_NAMES[record.kind]] += 1
+        if self.progress is not None:
+            self.progress(sum(record.raw_length for record in records))
+
+
+def encode_chunks(engine, token_lists: list[np.ndarray]) -> list[tuple[bytes, float]]:
+    """Each chunk's payload and cross-entropy in bits, coded together in one batch."""
+    full_pass = engine.sequence_weights(token_lists) if engine.batch_invariant else None
+    if full_pass is not None:
+        return [(coder.encode(tokens, weights), float(coder.code_length_bits(tokens, weights).sum()))
+                for tokens, weights in zip(token_lists, full_pass)]
+    encoders = [coder.Encoder() for _ in token_lists]
+    bits = [0.0] * len(token_lists)
+    for step, weights, active in _lockstep(engine, [len(tokens) for tokens in token_lists], lambda row, step: token_lists[row][step]):
+        for row in active:
+            symbol, row_weights = token_lists[row][step : step + 1], weights[row : row + 1]
+            bits[row] += float(coder.code_length_bits(symbol, row_weights)[0])
+            encoders[row].encode(symbol, row_weights)
+    return [(encoder.finish(), row_bits) for encoder, row_bits in zip(encoders, bits)]
+
+
+def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
+    decoders = [coder.Decoder(record.payload) for record in records]
+    decoded = [np.empty(record.token_count, dtype=np.int64) for record in records]
+
+    def next_token(row: int, step: int) -> int:
+        return int(decoded[row][step])
+
+    for step, weights, active in _lockstep(engine, [record.token_count for record in records], next_token):
+        for row in active:
+            decoded[row][step] = decoders[row].decode(weights[row : row + 1])[0]
+    return decoded
+
+
+def _lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int]):
+    """Walk a batch of sequences one position at a time: yields (step, weights (B, V), rows still running).
+
+    Every row is fed at every step (the start token once it has finished), so the batch shape
+    never depends on which rows are done: encoder and decoder see the same computation.
+    """
+    session = engine.start(len(lengths))
+    feed = np.full(len(lengths), engine.start_token, dtype=np.int64)
+    for step in range(max(lengths, default=0)):
+        weights = session.advance(feed)
+        active = [row for row, length in enumerate(lengths) if step < length]
+        yield step, weights, active
+        feed = np.full(len(lengths), engine.start_token, dtype=np.int64)
+        for row in active:
+            feed[row] = token_at(row, step)
+
+
+class StreamDecoder:
+    """Reads an llmzip stream and yields the original bytes, verifying every checksum."""
+
+    def __init__(self, source: BinaryIO, header: dict, engine_for: Callable[[dict], tuple]):
+        self.source = source
+        self.header = header
+        self._engine_for = engine_for  # called once, at the first model-coded chunk
+        self._engine = None
+        self._tokenizer = None
+        self.model_settings: dict | None = None
+        self.chunk_tokens = 0
+        self.batch_size = 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        size = 0
+        while True:
+            record = container.read_record(self.source, self.batch_size)
+            if isinstance(record, EndRecord):
+                break
+            if isinstance(record, dict):
+                self._take_model_settings(record)
+                continue
+            for data in self._decode_group(record):
+                digest.update(data)
+                size += len(data)
+                yield data
+        if record.content_size != size or record.sha256 != digest.digest():
+            raise CorruptError("the decoded data does not match the original's checksum; the file is damaged")
+        if self.source.read(1):
+            raise CorruptError("there is data after the end of the llmzip stream")
+
+    def _take_model_settings(self, settings: dict) -> None:
+        if self.model_settings is not None:
+            raise CorruptError("the chunk stream is damaged (a second model record)")
+        self.model_settings = settings
+        self.chunk_tokens = _field(settings, "chunk_tokens", int)
+        self.batch_size = _field(settings, "batch_size", int)
+
+    def _decode_group(self, records: list[ChunkRecord]) -> list[bytes]:
+        model_records = [record for record in records if record.kind == CHUNK_MODEL]
+        if model_records and self.model_settings is None:
+            raise CorruptError("the chunk stream is damaged (model-coded data before the model record)")
+        for record in model_records:
+            if not 0 < record.token_count <= self.chunk_tokens:
+                raise CorruptError("the chunk stream is damaged (impossible token count)")
+        decoded_tokens = iter(self._decode_model_chunks(model_records) if model_records else [])
+        output = []
+        for record in records:
+            if record.kind == CHUNK_MODEL:
+                data = self._tokenizer.detokenize(next(decoded_tokens).tolist())
+            elif record.kind == CHUNK_STORED:
+                data = record.payload
+            else:
+                data = _unxz(record)
+            if len(data) != record.raw_length or zlib.crc32(data) != record.raw_crc32:
+                raise CorruptError("a chunk decoded to the wrong bytes (checksum mismatch); the file is damaged")
+            output.append(data)
+        return output
+
+    def _decode_model_chunks(self, records: list[ChunkRecord]) -> list[np.ndarray]:
+        if self._engine is None:
+            self._engine, self._tokenizer = self._engine_for(self.model_settings)
+        return decode_chunks(self._engine, records)
+
+
+def _unxz(record: ChunkRecord) -> bytes:
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_XZ_FILTERS)
+    try:
+        data = decompressor.decompress(record.payload, max_length=record.raw_length + 1)
+    except lzma.LZMAError:
+        raise CorruptError("an xz chunk is damaged") from None
+    return data
+
+
+def _field(settings: dict, name: str, kind: type):
+    value = settings.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+        raise CorruptError(f"the model record is damaged (field '{name}')")
+    return value

@@ -1,0 +1,167 @@
+"""The .llmz container: a header, groups of independently coded chunks, an end record.
+
+See docs/FORMAT.md for the concepts and the byte layout. This module only reads and writes
+records and checks their integrity; it knows nothing about models or coding.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import CorruptError, FormatError, TruncatedError
+
+MAGIC = b"LLMZ"
+FORMAT_VERSION = 1
+
+MODEL_TAG = b"M"
+GROUP_TAG = b"G"
+END_TAG = b"E"
+
+CHUNK_MODEL = 0  # payload is range-coded tokens
+CHUNK_STORED = 1  # payload is the raw bytes
+CHUNK_XZ = 2  # payload is raw LZMA2 data, for bytes that are not text
+CHUNK_NAMES = {CHUNK_MODEL: "model", CHUNK_STORED: "stored", CHUNK_XZ: "xz"}
+CHUNK_KINDS = tuple(CHUNK_NAMES)
+
+# Limits a reader enforces before allocating anything, so damaged lengths cannot exhaust memory.
+MAX_HEADER_BYTES = 1 << 16
+MAX_CHUNK_BYTES = 1 << 24
+MAX_GROUP_CHUNKS = 1024
+
+_PREAMBLE = struct.Struct("<4sBI")  # magic, format version, header length
+_GROUP = struct.Struct("<H")  # chunk count
+_CHUNK = struct.Struct("<BIIII")  # kind, raw length, token count, payload length, raw crc32
+_CRC = struct.Struct("<I")
+_LENGTH = struct.Struct("<I")
+_END = struct.Struct("<Q32s")  # content size, sha256 of the content
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    kind: int
+    raw_length: int
+    token_count: int
+    raw_crc32: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class EndRecord:
+    content_size: int
+    sha256: bytes
+
+
+def _read_exactly(stream: BinaryIO, size: int, what: str) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise TruncatedError(f"the file ends inside the {what}; it was cut short")
+    return data
+
+
+def _json_bytes(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _parse_json(body: bytes, what: str) -> dict:
+    try:
+        record = json.loads(body.decode("utf-8"))
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise CorruptError(f"the {what} is damaged (not readable)")
+    return record
+
+
+def write_header(stream: BinaryIO, header: dict) -> None:
+    body = _json_bytes(header)
+    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body))
+    stream.write(preamble + body + _CRC.pack(zlib.crc32(preamble + body)))
+
+
+def write_model_record(stream: BinaryIO, settings: dict) -> None:
+    """Model, engine and coder settings; written once, before the first model-coded group."""
+    record = MODEL_TAG + _LENGTH.pack(len(body := _json_bytes(settings))) + body
+    stream.write(record + _CRC.pack(zlib.crc32(record)))
+
+
+def read_header(stream: BinaryIO) -> dict:
+    start = stream.read(_PREAMBLE.size)
+    if len(start) < 4 or start[:4] != MAGIC:
+        raise FormatError("not an llmzip file (bad magic number)")
+    if len(start) < _PREAMBLE.size:
+        raise TruncatedError("the file ends inside the header; it was cut short")
+    _, version, length = _PREAMBLE.unpack(start)
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"the file uses llmzip format version {version}, newer than the {FORMAT_VERSION} this llmzip reads; "
+            "upgrade llmzip to read it"
+        )
+    if version < 1 or length > MAX_HEADER_BYTES:
+        raise CorruptError("the header is damaged")
+    body = _read_exactly(stream, length, "header")
+    (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "header"))
+    if zlib.crc32(start + body) != crc:
+        raise CorruptError("the header is damaged (checksum mismatch)")
+    return _parse_json(body, "header")
+
+
+def write_group(stream: BinaryIO, chunks: list[ChunkRecord]) -> None:
+    descriptor = GROUP_TAG + _GROUP.pack(len(chunks))
+    descriptor += b"".join(
+        _CHUNK.pack(chunk.kind, chunk.raw_length, chunk.token_count, len(chunk.payload), chunk.raw_crc32) for chunk in chunks
+    )
+    payloads = b"".join(chunk.payload for chunk in chunks)
+    stream.write(descriptor + _CRC.pack(zlib.crc32(descriptor)) + payloads + _CRC.pack(zlib.crc32(payloads)))
+
+
+def write_end(stream: BinaryIO, end: EndRecord) -> None:
+    record = END_TAG + _END.pack(end.content_size, end.sha256)
+    stream.write(record + _CRC.pack(zlib.crc32(record)))
+
+
+def read_record(stream: BinaryIO, max_group_chunks: int) -> list[ChunkRecord] | dict | EndRecord:
+    """The next group (a list of chunks), model record (a dict) or end record; checksums verified first."""
+    tag = _read_exactly(stream, 1, "chunk stream")
+    if tag == MODEL_TAG:
+        length_bytes = _read_exactly(stream, _LENGTH.size, "model record")
+        (length,) = _LENGTH.unpack(length_bytes)
+        if length > MAX_HEADER_BYTES:
+            raise CorruptError("the model record is damaged")
+        body = _read_exactly(stream, length, "model record")
+        (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "model record"))
+        if zlib.crc32(tag + length_bytes + body) != crc:
+            raise CorruptError("the model record is damaged (checksum mismatch)")
+        return _parse_json(body, "model record")
+    if tag == END_TAG:
+        body = _read_exactly(stream, _END.size, "end record")
+        (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "end record"))
+        if zlib.crc32(tag + body) != crc:
+            raise CorruptError("the end record is damaged (checksum mismatch)")
+        return EndRecord(*_END.unpack(body))
+    if tag != GROUP_TAG:
+        raise CorruptError("the chunk stream is damaged (unknown record)")
+    count_bytes = _read_exactly(stream, _GROUP.size, "group")
+    (count,) = _GROUP.unpack(count_bytes)
+    if not 1 <= count <= min(max_group_chunks, MAX_GROUP_CHUNKS):
+        raise CorruptError("the chunk stream is damaged (impossible chunk count)")
+    table = _read_exactly(stream, count * _CHUNK.size, "group")
+    (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "group"))
+    if zlib.crc32(tag + count_bytes + table) != crc:
+        raise CorruptError("the chunk stream is damaged (checksum mismatch in a group descriptor)")
+    entries = [_CHUNK.unpack_from(table, index * _CHUNK.size) for index in range(count)]
+    for kind, raw_length, token_count, payload_length, _ in entries:
+        if kind not in CHUNK_KINDS or raw_length > MAX_CHUNK_BYTES or payload_length > MAX_CHUNK_BYTES:
+            raise CorruptError("the chunk stream is damaged (impossible chunk)")
+    payloads = _read_exactly(stream, sum(entry[3] for entry in entries), "chunk payloads")
+    (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "chunk payloads"))
+    if zlib.crc32(payloads) != crc:
+        raise CorruptError("the chunk payloads are damaged (checksum mismatch)")
+    chunks, offset = [], 0
+    for kind, raw_length, token_count, payload_length, raw_crc32 in entries:
+        chunks.append(ChunkRecord(kind, raw_length, token_count, raw_crc32, payloads[offset : offset + payload_length]))
+        offset += payload_length
+    return chunks
