@@ -1,0 +1,558 @@
+"""The exact engine: integer-only GPT inference, so a row is a pure function of weights and prefix.
+
+Every number on the inference path is an integer held in an int64 tensor; its real value is the
+integer times a scale fixed when the engine is built. Scales are derived from the float32
+weights with basic IEEE operations only (+ - * / max, frexp, rounding), which give the same bits
+on every platform, and are applied at run time as integer multipliers and shifts. Nothing on the
+run-time path uses exp, sqrt or any other float function whose last bit could differ between
+CPU and GPU, libraries or thread counts.
+
+Matrix products run on ordinary BLAS in float64: their operands are integers and every partial
+sum stays below 2**53, so each addition is exact and the result is the same whatever the
+summation order, blocking, batch shape or device. `exact_matmul` splits a reduction into parts
+when its bound would cross that limit.
+
+Number formats (a "unit" is one step of the integer):
+- weights: per-output-channel symmetric int8, `quantise_weight_per_channel`;
+- residual stream: int64 with one scale per model, 2**-20 of the largest embedding entry;
+- RMSNorm output: |y| <= 32000, scale max|gain| / U, where U units are one RMS;
+- q, k, v and the MLP hidden pre-activation: |a| <= 32767, scales from a Cauchy–Schwarz bound
+  on the layer's output given a normalised input (per head for q and k, per tensor for v and a),
+  so they can never overflow and adapt to the weights of both random and trained models;
+- ReLU² output: a*a kept exactly (< 2**30), no rounding;
+- attention scores and output logits: fixed point with 2**-10 nats per unit; softmax weights
+  come from an exp table over integer differences, built with Python integers only;
+- output rows: integer weights summing to exactly 2**20.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.gpt import GPT
+
+__all__ = [
+    "ExactGPTEngine",
+    "ExactSession",
+    "quantise_weight_per_channel",
+    "exact_matmul",
+    "FixedPoint",
+    "fixed_point",
+    "requantise",
+    "round_divide",
+    "integer_sqrt",
+    "IntegerRMSNorm",
+    "exp_table",
+    "softmax_weights",
+    "integer_attention",
+]
+
+FORMAT_VERSION = 1
+WEIGHT_LIMIT = 127  # int8, symmetric
+ACTIVATION_LIMIT = 32767  # every matrix-product input except the ReLU² output fits in int16
+NORM_OUTPUT_LIMIT = 32000  # below ACTIVATION_LIMIT to leave room for rounding
+NORM_INPUT_BITS = 20  # RMSNorm rescales each row so its largest entry has this many bits
+NORM_FRACTION_BITS = 10  # extra precision of the RMSNorm multiplier
+GAIN_BITS = 15  # RMSNorm gains as integers of up to 2**15
+RESIDUAL_BITS = 20  # the largest embedding entry is 2**20 residual units
+LOGIT_FRACTION_BITS = 10  # scores and logits in units of 2**-10 nats
+ATTENTION_EXP_BITS = 16  # softmax weight of the best key inside attention
+OUTPUT_EXP_BITS = 24  # softmax weight of the best token before normalising the row
+ROW_TOTAL_BITS = 20  # every output row sums to exactly 2**20
+HEAD_ROWS_PER_PASS = 1024  # positions per output-head product, to bound memory
+
+# The largest integer up to which every integer is exact in each float format.
+EXACT_INTEGER_LIMIT = {torch.float32: 2**24, torch.float64: 2**53}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reusable integer building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def quantise_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output channel (row): weight ≈ values * scale[:, None].
+
+    scale = max|row| / 127 in float32, values = round-half-even(weight / scale). Both divisions
+    are true IEEE divisions on every device (127 is passed as a tensor because some kernels turn
+    division by a Python scalar into a multiplication by its reciprocal), so training code that
+    fake-quantises with this function sees the grid the exact engine uses.
+    """
+    weight = weight.detach().to(torch.float32)
+    peak = weight.abs().amax(dim=1)
+    limit = torch.tensor(float(WEIGHT_LIMIT), dtype=torch.float32, device=weight.device)
+    scale = torch.where(peak > 0, peak / limit, torch.ones_like(peak))  # an all-zero row: any scale works
+    values = torch.round(weight / scale[:, None]).clamp(-WEIGHT_LIMIT, WEIGHT_LIMIT).to(torch.int8)
+    return values, scale
+
+
+def exact_matmul(
+    a: torch.Tensor, b: torch.Tensor, a_bound: int, b_bound: int, compute_dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Exact a @ b of integer tensors with |a| <= a_bound and |b| <= b_bound, as int64.
+
+    BLAS adds products in an order that depends on the library, device and thread count; with
+    integer operands that does not matter as long as every partial sum is an exactly
+    representable integer, so the reduction is cut into parts short enough to guarantee that and
+    the parts are added in int64.
+    """
+    limit = EXACT_INTEGER_LIMIT[compute_dtype]
+    if a_bound > limit or b_bound > limit:
+        raise ValueError(f"operands up to {a_bound} and {b_bound} are not exact in {compute_dtype}")
+    if compute_dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        raise RuntimeError("exact float32 products need torch.set_float32_matmul_precision('highest')")
+    if compute_dtype == torch.float32 and a.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        raise RuntimeError("exact float32 products need torch.backends.cuda.matmul.allow_tf32 = False")
+    part = max(1, limit // max(1, a_bound * b_bound))
+    a = a.to(compute_dtype)
+    b = b.to(compute_dtype)
+    length = a.shape[-1]
+    if length <= part:
+        return torch.matmul(a, b).to(torch.int64)
+    total = None
+    for start in range(0, length, part):
+        piece = torch.matmul(a[..., start : start + part], b[..., start : start + part, :]).to(torch.int64)
+        total = piece if total is None else total + piece
+    return total
+
+
+@dataclass
+class FixedPoint:
+    """Multiplication by a real ratio as (x * multiplier + half) >> shift, rounding half up."""
+
+    multiplier: torch.Tensor  # int64, broadcasts against the last axis of x (or a scalar)
+    shift: torch.Tensor  # int64, same shape, 1..62
+    half: torch.Tensor  # 2 ** (shift - 1)
+
+    def to(self, device) -> "FixedPoint":
+        return FixedPoint(self.multiplier.to(device), self.shift.to(device), self.half.to(device))
+
+
+def fixed_point(ratios, input_bound: int, device="cpu") -> FixedPoint:
+    """Integer multiplier and shift for each ratio, as precise as x * multiplier < 2**62 allows.
+
+    Only frexp, ldexp and rounding touch the floats, all exact, so the integers are the same on
+    every platform.
+    """
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if (ratios < 0).any() or not np.isfinite(ratios).all():
+        raise ValueError("fixed-point ratios must be finite and non-negative")
+    multiplier_bits = min(31, 62 - int(input_bound).bit_length())
+    _, exponents = np.frexp(ratios)  # ratio = fraction * 2**exponent, fraction in [0.5, 1)
+    shifts = np.clip(multiplier_bits - exponents, 1, 62).astype(np.int64)
+    multipliers = np.rint(np.ldexp(ratios, shifts.astype(np.int32))).astype(np.int64)
+    if int(multipliers.max(initial=0)) * int(input_bound) >= 2**62:
+        raise ValueError("a scale ratio is too large for fixed-point requantisation")
+    return FixedPoint(
+        torch.from_numpy(multipliers).to(device),
+        torch.from_numpy(shifts).to(device),
+        torch.from_numpy(np.left_shift(np.int64(1), shifts - 1)).to(device),
+    )
+
+
+def requantise(x: torch.Tensor, scale: FixedPoint, low: int, high: int) -> torch.Tensor:
+    """x times the fixed-point ratio, rounded half up and clamped to [low, high]."""
+    return ((x * scale.multiplier + scale.half) >> scale.shift).clamp(low, high)
+
+
+def round_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator rounded half up, for positive denominators."""
+    return torch.div(2 * numerator + denominator, 2 * denominator, rounding_mode="floor")
+
+
+def _powers_of_two(device) -> torch.Tensor:
+    return torch.ones(63, dtype=torch.int64, device=device) << torch.arange(63, device=device)
+
+
+def bit_length(x: torch.Tensor) -> torch.Tensor:
+    """Number of bits of each non-negative int64, like int.bit_length()."""
+    return (x.unsqueeze(-1) >= _powers_of_two(x.device)).sum(-1)
+
+
+def shift_signed(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """x * 2**amount for amounts of either sign; a right shift rounds towards minus infinity."""
+    left = x << amount.clamp(0, 62)
+    right = x >> (-amount).clamp(0, 62)
+    return torch.where(amount >= 0, left, right)
+
+
+def integer_sqrt(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) for int64 0 <= n < 2**62.
+
+    The float square root is only a first guess; the corrections make the result exact even if
+    that guess were a few units off on some device.
+    """
+    root = torch.sqrt(n.to(torch.float64)).floor().to(torch.int64)
+    for _ in range(2):
+        root = torch.where(root * root > n, root - 1, root)
+        root = torch.where((root + 1) * (root + 1) <= n, root + 1, root)
+    return root
+
+
+class IntegerRMSNorm:
+    """RMSNorm from an int64 residual row to int16-range outputs: y = x / rms(x) * gain.
+
+    Each row is rescaled by a power of two so its largest entry has NORM_INPUT_BITS bits, which
+    keeps the integer sum of squares in range and its square root precise whatever the residual
+    magnitude. The output unit is fixed: U units per RMS times the largest gain, so a linear layer
+    after the norm can bound its outputs in advance (`output_bounds`).
+    """
+
+    def __init__(self, gain: torch.Tensor, eps: float, input_scale: float, device):
+        gain = gain.detach().to(torch.float32).cpu().numpy().astype(np.float64)
+        self.dim = len(gain)
+        peak = float(np.abs(gain).max(initial=0.0)) or 1.0
+        self.gain = np.rint(gain * 2**GAIN_BITS / peak).astype(np.int64)  # |gain| <= 2**15
+        # U units per RMS: a normalised entry is at most sqrt(dim) RMS, so dim * U**2 <= limit**2.
+        self.unit = math.isqrt(NORM_OUTPUT_LIMIT**2 // self.dim)
+        self.numerator = math.isqrt(self.dim * self.unit**2 * 4**NORM_FRACTION_BITS)  # sqrt(dim) * U * 2**F
+        self.output_scale = peak / self.unit
+        # eps in units of the squared row: eps * dim / input_scale**2, scaled by 4**k when the row
+        # is scaled by 2**k. Kept as a 40-bit integer times 2**-eps_fraction_bits.
+        eps_units = eps * self.dim / (input_scale * input_scale)
+        self.eps_fraction_bits = 40 - int(np.frexp(eps_units)[1]) if eps_units > 0 else 0
+        eps_fixed = int(np.rint(np.ldexp(eps_units, self.eps_fraction_bits)))
+        self.eps_fixed = torch.tensor(eps_fixed, dtype=torch.int64, device=device)
+        self.eps_bits = eps_fixed.bit_length()
+        self.gain_tensor = torch.from_numpy(self.gain).to(device)
+        self.output_limit = ACTIVATION_LIMIT
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.abs().amax(-1, keepdim=True)
+        exponent = NORM_INPUT_BITS - bit_length(peak)
+        rescaled = shift_signed(x, exponent)  # |rescaled| < 2**20
+        eps_shift = 2 * exponent - self.eps_fraction_bits
+        eps = torch.where(
+            self.eps_bits + eps_shift > 61,
+            torch.full_like(eps_shift, 2**61),
+            shift_signed(self.eps_fixed.expand_as(eps_shift), eps_shift),
+        )
+        root = integer_sqrt((rescaled * rescaled).sum(-1, keepdim=True) + eps).clamp(min=1)
+        numerator = rescaled * (self.numerator * self.gain_tensor)  # < 2**20 * 2**25 * 2**15
+        y = round_divide(numerator, root << (NORM_FRACTION_BITS + GAIN_BITS))
+        return y.clamp(-self.output_limit, self.output_limit)
+
+    def output_bounds(self, weight: np.ndarray) -> np.ndarray:
+        """Largest |y @ weight.T| per output row for any input row (weight: int8 (out, dim)).
+
+        Cauchy–Schwarz: the normalised row has norm <= sqrt(dim) RMS, so
+        |sum_c y_c w_c| <= U/2**15 * sqrt(dim * sum_c (gain_c w_c)**2), plus one unit of rounding
+        per entry. Computed with Python integers, so the bound is the same everywhere.
+        """
+        weight = weight.astype(np.int64)
+        squares = ((self.gain[None, :] * weight) ** 2).sum(axis=1)  # exact: < dim * 2**44
+        l1 = np.abs(weight).sum(axis=1)
+        bounds = []
+        for square, absolute in zip(squares.tolist(), l1.tolist()):
+            inner = self.dim * square
+            root = math.isqrt(inner - 1) + 1 if inner > 0 else 0  # ceil(sqrt(inner))
+            bounds.append(-(-self.unit * root // 2**GAIN_BITS) + absolute + 1)
+        return np.array(bounds, dtype=np.int64)
+
+
+def exp_table(fraction_bits: int, value_bits: int) -> list[int]:
+    """round(2**value_bits * exp(-i / 2**fraction_bits)) for i = 0, 1, ... while non-zero, then a 0.
+
+    Built with Python integers in 192-bit fixed point (a Taylor series for one step, then
+    repeated multiplication), so the table is defined by integer arithmetic alone and is the same
+    on every machine.
+    """
+    guard = 192
+    one = 1 << guard
+    # exp(1 / 2**fraction_bits) by its Taylor series, then its reciprocal.
+    term, total, n = one, one, 1
+    while term:
+        term = term // (n << fraction_bits)
+        total += term
+        n += 1
+    step = (one * one) // total
+    table, value = [], one
+    while True:
+        entry = (value * (1 << value_bits) + one // 2) >> guard
+        if entry == 0:
+            break
+        table.append(entry)
+        value = (value * step) >> guard
+    table.append(0)
+    return table
+
+
+def softmax_weights(logits: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer softmax numerators table[max - logit] along the last axis; disallowed entries get 0."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, torch.iinfo(torch.int64).min // 2)
+    gaps = logits.amax(-1, keepdim=True) - logits
+    weights = table[gaps.clamp(max=len(table) - 1)]
+    if allowed is not None:
+        weights = weights.masked_fill(~allowed, 0)
+    return weights
+
+
+def integer_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    score_scale: FixedPoint,
+    table: torch.Tensor,
+    allowed: torch.Tensor | None,
+) -> torch.Tensor:
+    """Softmax attention on integers: q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
+
+    Scores are exact dot products turned into 2**-LOGIT_FRACTION_BITS nat units; the output is the
+    softmax-weighted mean of v rounded to v's own units, so |output| <= max |v|.
+    """
+    scores = exact_matmul(q, k.transpose(-1, -2), ACTIVATION_LIMIT, ACTIVATION_LIMIT)  # (B, H, Tq, Tk)
+    logits = requantise(scores, score_scale, -(2**40), 2**40)
+    weights = softmax_weights(logits, table, allowed)
+    mixed = exact_matmul(weights, v, int(table[0]), ACTIVATION_LIMIT)  # (B, H, Tq, D)
+    return round_divide(mixed, weights.sum(-1, keepdim=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPT model on integers
+# ---------------------------------------------------------------------------------------------
+
+
+class _QuantisedLinear:
+    """An int8 weight (out, in) stored transposed as float64 for `exact_matmul`, with its scales."""
+
+    def __init__(self, weight: torch.Tensor, device):
+        values, scales = quantise_weight_per_channel(weight.cpu())
+        self.values = values.numpy()  # int8 (out, in)
+        self.scales = scales.numpy().astype(np.float64)  # real value of one unit, per output row
+        self.transposed = torch.from_numpy(self.values.T.astype(np.float64)).to(device)  # (in, out)
+        self.inputs, self.outputs = weight.shape[1], weight.shape[0]
+
+    def __call__(self, x: torch.Tensor, x_bound: int) -> torch.Tensor:
+        return exact_matmul(x, self.transposed, x_bound, WEIGHT_LIMIT)
+
+
+class _Block:
+    def __init__(self, block, config, residual_scale: float, device):
+        C, H = config.n_embd, config.n_head
+        self.heads, self.head_dim = H, C // H
+        self.norm1 = IntegerRMSNorm(block.norm1.weight, config.norm_eps, residual_scale, device)
+        self.norm2 = IntegerRMSNorm(block.norm2.weight, config.norm_eps, residual_scale, device)
+        self.qkv = _QuantisedLinear(block.attn.qkv.weight, device)
+        self.attention_proj = _QuantisedLinear(block.attn.proj.weight, device)
+        self.fc = _QuantisedLinear(block.mlp.fc.weight, device)
+        self.mlp_proj = _QuantisedLinear(block.mlp.proj.weight, device)
+
+        # q, k, v: real bound of each output channel, then one scale per head (q, k) or per
+        # tensor (v, whose mix feeds one product) mapping that bound to ACTIVATION_LIMIT.
+        norm1_unit = self.norm1.output_scale
+        real_bounds = self.norm1.output_bounds(self.qkv.values) * self.qkv.scales * norm1_unit
+        q_bounds, k_bounds, v_bounds = real_bounds.reshape(3, H, self.head_dim)
+        q_head_scales = q_bounds.max(axis=1) / ACTIVATION_LIMIT
+        k_head_scales = k_bounds.max(axis=1) / ACTIVATION_LIMIT
+        self.v_scale = v_bounds.max() / ACTIVATION_LIMIT
+        output_scales = np.concatenate(
+            [np.repeat(q_head_scales, self.head_dim), np.repeat(k_head_scales, self.head_dim),
+             np.full(C, self.v_scale)]
+        )
+        qkv_input_bound = C * ACTIVATION_LIMIT * WEIGHT_LIMIT
+        self.qkv_scale = fixed_point(self.qkv.scales * norm1_unit / output_scales, qkv_input_bound, device)
+        # Scores: q.k * s_q * s_k / sqrt(D) nats, in 2**-LOGIT_FRACTION_BITS units, per head.
+        score_ratios = q_head_scales * k_head_scales / math.sqrt(self.head_dim) * float(2**LOGIT_FRACTION_BITS)
+        score_bound = self.head_dim * ACTIVATION_LIMIT**2
+        self.score_scale = fixed_point(score_ratios, score_bound, device)
+        self.score_scale = FixedPoint(*(t.view(1, H, 1, 1) for t in
+                                        (self.score_scale.multiplier, self.score_scale.shift, self.score_scale.half)))
+        self.attention_proj_scale = fixed_point(
+            self.v_scale * self.attention_proj.scales / residual_scale, C * ACTIVATION_LIMIT * WEIGHT_LIMIT, device
+        )
+
+        # MLP: the pre-activation has one scale; ReLU² squares it exactly.
+        fc_bounds = self.norm2.output_bounds(self.fc.values) * self.fc.scales * self.norm2.output_scale
+        self.hidden_scale = fc_bounds.max() / ACTIVATION_LIMIT
+        self.fc_scale = fixed_point(
+            self.fc.scales * self.norm2.output_scale / self.hidden_scale, C * ACTIVATION_LIMIT * WEIGHT_LIMIT, device
+        )
+        hidden = self.fc.outputs
+        self.mlp_proj_scale = fixed_point(
+            self.hidden_scale * self.hidden_scale * self.mlp_proj.scales / residual_scale,
+            hidden * ACTIVATION_LIMIT**2 * WEIGHT_LIMIT,
+            device,
+        )
+
+    def __call__(self, x, table, keys=None, values=None, allowed=None):
+        """x (B, T, C) int64 residual. With `keys`/`values` (caches holding earlier positions) the new
+        k and v are appended by the caller's session; otherwise attention is causal over x itself."""
+        B, T, C = x.shape
+        qkv = requantise(self.qkv(self.norm1(x), ACTIVATION_LIMIT), self.qkv_scale, -ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        if keys is not None:
+            k, v = keys(k), values(v)
+        y = integer_attention(q, k, v, self.score_scale, table, allowed)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        x = x + requantise(self.attention_proj(y, ACTIVATION_LIMIT), self.attention_proj_scale, -2**62, 2**62)
+        hidden = requantise(self.fc(self.norm2(x), ACTIVATION_LIMIT), self.fc_scale, 0, ACTIVATION_LIMIT)  # ReLU
+        mlp = self.mlp_proj(hidden * hidden, ACTIVATION_LIMIT**2)
+        return x + requantise(mlp, self.mlp_proj_scale, -2**62, 2**62)
+
+
+class ExactGPTEngine:
+    """Engine for the native GPT family whose rows are bit-identical on every device and batch shape."""
+
+    batch_invariant = True
+
+    def __init__(self, model: GPT, device: str | torch.device = "cpu", start_token: int = 0):
+        config = model.config
+        self.config = config
+        self.device = torch.device(device)
+        self.vocab_size = config.vocab_size
+        self.start_token = int(start_token)
+        self.context_length = config.context_length
+
+        wte = model.wte.weight.detach().to(torch.float32).cpu()
+        wpe = model.wpe.weight.detach().to(torch.float32).cpu()
+        # The lookup uses the float embeddings at residual resolution; only the tied output head
+        # uses the int8 grid, as that is where wte is a matrix-product weight.
+        embedding_peak = float(max(wte.abs().max(), wpe.abs().max())) or 1.0
+        self.residual_scale = embedding_peak / 2**RESIDUAL_BITS
+        self.token_embedding = torch.from_numpy(np.rint(wte.numpy().astype(np.float64) / self.residual_scale).astype(np.int64)).to(self.device)
+        self.position_embedding = torch.from_numpy(np.rint(wpe.numpy().astype(np.float64) / self.residual_scale).astype(np.int64)).to(self.device)
+
+        self.blocks = [_Block(block, config, self.residual_scale, self.device) for block in model.blocks]
+        self.norm_f = IntegerRMSNorm(model.norm_f.weight, config.norm_eps, self.residual_scale, self.device)
+        self.head = _QuantisedLinear(model.wte.weight, self.device)
+        self.logit_scale = fixed_point(
+            self.norm_f.output_scale * self.head.scales * float(2**LOGIT_FRACTION_BITS),
+            config.n_embd * ACTIVATION_LIMIT * WEIGHT_LIMIT,
+            self.device,
+        )
+        self.attention_table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS), device=self.device)
+        self.output_table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, OUTPUT_EXP_BITS), device=self.device)
+
+        self.settings = {
+            "kind": "exact",
+            "version": FORMAT_VERSION,
+            "start_token": self.start_token,
+            "weight_limit": WEIGHT_LIMIT,
+            "activation_limit": ACTIVATION_LIMIT,
+            "norm_output_limit": NORM_OUTPUT_LIMIT,
+            "norm_input_bits": NORM_INPUT_BITS,
+            "norm_fraction_bits": NORM_FRACTION_BITS,
+            "gain_bits": GAIN_BITS,
+            "residual_bits": RESIDUAL_BITS,
+            "logit_fraction_bits": LOGIT_FRACTION_BITS,
+            "attention_exp_bits": ATTENTION_EXP_BITS,
+            "output_exp_bits": OUTPUT_EXP_BITS,
+            "row_total_bits": ROW_TOTAL_BITS,
+        }
+
+    # -- shared pieces ------------------------------------------------------------------------
+
+    def _embed(self, tokens: torch.Tensor, start_position: int) -> torch.Tensor:
+        positions = torch.arange(start_position, start_position + tokens.shape[1], device=self.device)
+        return self.token_embedding[tokens] + self.position_embedding[positions]  # (B, T, C)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and tied head for residual rows (N, C) -> integer weights (N, V) summing to 2**20."""
+        acc = self.head(self.norm_f(x), ACTIVATION_LIMIT)  # (N, V)
+        logits = requantise(acc, self.logit_scale, -2**40, 2**40)
+        raw = softmax_weights(logits, self.output_table)  # best token: 2**24
+        total = raw.sum(-1, keepdim=True)
+        weights = torch.div(raw << ROW_TOTAL_BITS, total, rounding_mode="floor")
+        # The floors lose less than one unit per entry; the first best token takes the remainder.
+        remainder = (1 << ROW_TOTAL_BITS) - weights.sum(-1)
+        vocabulary = torch.arange(raw.shape[-1], device=raw.device)
+        first_best = torch.where(raw == 2**OUTPUT_EXP_BITS, vocabulary, raw.shape[-1]).amin(-1)
+        weights[torch.arange(len(weights), device=raw.device), first_best] += remainder
+        return weights
+
+    def _check_tokens(self, tokens: np.ndarray) -> None:
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+
+    # -- Engine protocol ----------------------------------------------------------------------
+
+    def start(self, batch_size: int) -> "ExactSession":
+        return ExactSession(self, batch_size)
+
+    @torch.no_grad()
+    def sequence_weights(self, token_lists: list[np.ndarray]) -> list[np.ndarray]:
+        """Rows for every position of each sequence: row t predicts tokens[t] from [start] + tokens[:t]."""
+        token_lists = [np.asarray(tokens, dtype=np.int64) for tokens in token_lists]
+        for tokens in token_lists:
+            if len(tokens) > self.context_length:
+                raise ValueError(f"a sequence of {len(tokens)} tokens exceeds the context of {self.context_length}")
+            self._check_tokens(tokens)
+        results: list[np.ndarray | None] = [None] * len(token_lists)
+        # Group sequences of similar length to bound padding and the (B, H, T, T) score memory.
+        order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+        budget = 2**21  # score entries per group and head
+        group: list[int] = []
+        for index in order + [None]:
+            length = 0 if index is None else len(token_lists[index])
+            if group and (index is None or (len(group) + 1) * max(length, 1) ** 2 > budget):
+                self._sequence_group(token_lists, group, results)
+                group = []
+            if index is not None:
+                group.append(index)
+        return results
+
+    def _sequence_group(self, token_lists, group, results) -> None:
+        longest = max(len(token_lists[i]) for i in group)
+        if longest == 0:
+            for i in group:
+                results[i] = np.zeros((0, self.vocab_size), dtype=np.int64)
+            return
+        # Inputs are [start] + tokens[:-1]; padding after a sequence's end is never attended to.
+        inputs = np.full((len(group), longest), self.start_token, dtype=np.int64)
+        for row, i in enumerate(group):
+            inputs[row, 1 : len(token_lists[i])] = token_lists[i][:-1]
+        x = self._embed(torch.from_numpy(inputs).to(self.device), 0)
+        causal = torch.ones(longest, longest, dtype=torch.bool, device=self.device).tril()
+        for block in self.blocks:
+            x = block(x, self.attention_table, allowed=causal)
+        for row, i in enumerate(group):
+            length = len(token_lists[i])
+            pieces = [self._rows(x[row, s : min(length, s + HEAD_ROWS_PER_PASS)])
+                      for s in range(0, length, HEAD_ROWS_PER_PASS)]
+            results[i] = torch.cat(pieces).cpu().numpy() if pieces else np.zeros((0, self.vocab_size), np.int64)
+
+
+class _Cache:
+    """Keys or values of one layer for every position so far: (B, H, context, D) int64."""
+
+    def __init__(self, batch_size, heads, length, head_dim, device):
+        self.store = torch.zeros(batch_size, heads, length, head_dim, dtype=torch.int64, device=device)
+        self.position = 0
+
+    def __call__(self, new: torch.Tensor) -> torch.Tensor:
+        self.store[:, :, self.position : self.position + 1] = new
+        return self.store[:, :, : self.position + 1]
+
+
+class ExactSession:
+    """Incremental decoding: each `advance` feeds one token per row (the first call feeds start tokens)."""
+
+    def __init__(self, engine: ExactGPTEngine, batch_size: int):
+        self.engine = engine
+        self.batch_size = batch_size
+        self.position = 0
+        config = engine.config
+        head_dim = config.n_embd // config.n_head
+        self.caches = [
+            tuple(_Cache(batch_size, config.n_head, config.context_length, head_dim, engine.device) for _ in range(2))
+            for _ in engine.blocks
+        ]
+
+    @torch.no_grad()
+    def advance(self, tokens: np.ndarray) -> np.ndarray:
+        engine = self.engine
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(self.batch_size)
+        engine._check_tokens(tokens)
+        if self.position >= engine.context_length:
+            raise ValueError(f"the session is full: the context holds {engine.context_length} positions")
+        x = engine._embed(torch.from_numpy(tokens).to(engine.device)[:, None], self.position)  # (B, 1, C)
+        for block, (keys, values) in zip(engine.blocks, self.caches):
+            keys.position = values.position = self.position
+            x = block(x, engine.attention_table, keys=keys, values=values)
+        self.position += 1
+        return engine._rows(x[:, 0]).cpu().numpy()
