@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llmzip.engine.exact import (
+    ROW_TOTAL_BITS,
     ExactGPTEngine,
     exact_matmul,
     exp_table,
@@ -123,7 +124,7 @@ def test_rows_are_valid_weights(sharp_engine):
     assert rows[0].shape == (33, VOCAB) and rows[0].dtype == np.int64
     assert rows[1].shape == (0, VOCAB)
     assert (rows[0] >= 0).all()
-    assert (rows[0].sum(axis=1) == 2**20).all()
+    assert (rows[0].sum(axis=1) == 2**ROW_TOTAL_BITS).all()
     settings = sharp_engine.settings
     assert settings["kind"] == "exact" and settings["version"] == 1 and sharp_engine.batch_invariant
 

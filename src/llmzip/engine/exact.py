@@ -22,11 +22,12 @@ Number formats (a "unit" is one step of the integer):
 - ReLU² output: a*a kept exactly (< 2**30), no rounding;
 - attention scores and output logits: fixed point with 2**-10 nats per unit; softmax weights
   come from an exp table over integer differences, built with Python integers only;
-- output rows: integer weights summing to exactly 2**20.
+- output rows: integer weights summing to exactly 2**30 (the coder rescales them to 24 bits).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -62,8 +63,8 @@ RESIDUAL_BITS = 20  # the largest embedding entry is 2**20 residual units
 LOGIT_FRACTION_BITS = 10  # scores and logits in units of 2**-10 nats
 ATTENTION_EXP_BITS = 16  # softmax weight of the best key inside attention
 OUTPUT_EXP_BITS = 24  # softmax weight of the best token before normalising the row
-ROW_TOTAL_BITS = 20  # every output row sums to exactly 2**20
-HEAD_ROWS_PER_PASS = 1024  # positions per output-head product, to bound memory
+ROW_TOTAL_BITS = 30  # every output row sums to exactly 2**30
+HEAD_ROWS_PER_PASS = 256  # positions per output-head product, to bound memory
 
 # The largest integer up to which every integer is exact in each float format.
 EXACT_INTEGER_LIMIT = {torch.float32: 2**24, torch.float64: 2**53}
@@ -154,9 +155,10 @@ def fixed_point(ratios, input_bound: int, device="cpu") -> FixedPoint:
     )
 
 
-def requantise(x: torch.Tensor, scale: FixedPoint, low: int, high: int) -> torch.Tensor:
-    """x times the fixed-point ratio, rounded half up and clamped to [low, high]."""
-    return ((x * scale.multiplier + scale.half) >> scale.shift).clamp(low, high)
+def requantise(x: torch.Tensor, scale: FixedPoint, low: int | None = None, high: int | None = None) -> torch.Tensor:
+    """x times the fixed-point ratio, rounded half up and clamped to [low, high] when given."""
+    y = (x * scale.multiplier + scale.half) >> scale.shift
+    return y if low is None and high is None else y.clamp(low, high)
 
 
 def round_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -164,7 +166,8 @@ def round_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return torch.div(2 * numerator + denominator, 2 * denominator, rounding_mode="floor")
 
 
-def _powers_of_two(device) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _powers_of_two(device: torch.device) -> torch.Tensor:
     return torch.ones(63, dtype=torch.int64, device=device) << torch.arange(63, device=device)
 
 
@@ -284,12 +287,10 @@ def exp_table(fraction_bits: int, value_bits: int) -> list[int]:
 def softmax_weights(logits: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Integer softmax numerators table[max - logit] along the last axis; disallowed entries get 0."""
     if allowed is not None:
-        logits = logits.masked_fill(~allowed, torch.iinfo(torch.int64).min // 2)
+        # Far below any real logit, so its gap lands on the table's final 0.
+        logits = logits.masked_fill(~allowed, -(2**61))
     gaps = logits.amax(-1, keepdim=True) - logits
-    weights = table[gaps.clamp(max=len(table) - 1)]
-    if allowed is not None:
-        weights = weights.masked_fill(~allowed, 0)
-    return weights
+    return table[gaps.clamp(max=len(table) - 1)]
 
 
 def integer_attention(
@@ -306,7 +307,7 @@ def integer_attention(
     softmax-weighted mean of v rounded to v's own units, so |output| <= max |v|.
     """
     scores = exact_matmul(q, k.transpose(-1, -2), ACTIVATION_LIMIT, ACTIVATION_LIMIT)  # (B, H, Tq, Tk)
-    logits = requantise(scores, score_scale, -(2**40), 2**40)
+    logits = requantise(scores, score_scale)  # |scores| < 2**36, so no clamp is needed
     weights = softmax_weights(logits, table, allowed)
     mixed = exact_matmul(weights, v, int(table[0]), ACTIVATION_LIMIT)  # (B, H, Tq, D)
     return round_divide(mixed, weights.sum(-1, keepdim=True))
@@ -389,10 +390,10 @@ class _Block:
             k, v = keys(k), values(v)
         y = integer_attention(q, k, v, self.score_scale, table, allowed)
         y = y.transpose(1, 2).reshape(B, T, C)
-        x = x + requantise(self.attention_proj(y, ACTIVATION_LIMIT), self.attention_proj_scale, -2**62, 2**62)
+        x = x + requantise(self.attention_proj(y, ACTIVATION_LIMIT), self.attention_proj_scale)
         hidden = requantise(self.fc(self.norm2(x), ACTIVATION_LIMIT), self.fc_scale, 0, ACTIVATION_LIMIT)  # ReLU
         mlp = self.mlp_proj(hidden * hidden, ACTIVATION_LIMIT**2)
-        return x + requantise(mlp, self.mlp_proj_scale, -2**62, 2**62)
+        return x + requantise(mlp, self.mlp_proj_scale)
 
 
 class ExactGPTEngine:
@@ -452,13 +453,15 @@ class ExactGPTEngine:
         return self.token_embedding[tokens] + self.position_embedding[positions]  # (B, T, C)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and tied head for residual rows (N, C) -> integer weights (N, V) summing to 2**20."""
+        """Final norm and tied head for residual rows (N, C) -> integer weights (N, V) summing to 2**30."""
         acc = self.head(self.norm_f(x), ACTIVATION_LIMIT)  # (N, V)
-        logits = requantise(acc, self.logit_scale, -2**40, 2**40)
+        logits = requantise(acc, self.logit_scale)
         raw = softmax_weights(logits, self.output_table)  # best token: 2**24
-        total = raw.sum(-1, keepdim=True)
-        weights = torch.div(raw << ROW_TOTAL_BITS, total, rounding_mode="floor")
-        # The floors lose less than one unit per entry; the first best token takes the remainder.
+        # weights = floor(raw * 2**30 / total), through a 62-bit reciprocal instead of a division
+        # per entry: raw < 2**25 and reciprocal < 2**38, so the product fits in int64.
+        reciprocal = torch.div(torch.full_like(raw[:, :1], 2**62), raw.sum(-1, keepdim=True), rounding_mode="floor")
+        weights = (raw * reciprocal) >> (62 - ROW_TOTAL_BITS)
+        # Each entry loses less than one unit; the first best token takes the remainder.
         remainder = (1 << ROW_TOTAL_BITS) - weights.sum(-1)
         vocabulary = torch.arange(raw.shape[-1], device=raw.device)
         first_best = torch.where(raw == 2**OUTPUT_EXP_BITS, vocabulary, raw.shape[-1]).amin(-1)

@@ -1,0 +1,178 @@
+"""Check that the exact engine gives the same rows on every device and pass shape.
+
+Tokenises a text file with a model directory's tokenizer, cuts the tokens into chunks of
+context_length - 1 and computes every chunk's rows several ways:
+
+- with CUDA: CPU full pass (reference), CUDA full pass, CUDA incremental decoding;
+- without:   CPU full pass with 1 thread (reference), with 2 threads, CPU incremental decoding.
+
+It prints how many positions were compared and how many rows differ in any bit, then the
+exact engine's compressed size (through the real coder) against the float model's ideal
+cross-entropy on the same text, in bits per byte.
+
+    python scripts/verify_exact_engine.py MODEL_DIR TEXT_FILE [--positions 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmzip import coder
+from llmzip.engine.exact import ExactGPTEngine
+from llmzip.models.gpt import TOKENIZER_FILE, load_gpt
+
+START_TOKEN = 0
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path, help="native GPT model directory (config.json, model.safetensors, tokenizer.json)")
+    parser.add_argument("text", type=Path, help="UTF-8 text file to tokenise")
+    parser.add_argument("--positions", type=int, default=50_000, help="positions to compare (default 50000)")
+    parser.add_argument("--incremental-positions", type=int, default=None,
+                        help="positions to decode incrementally (default: all of them)")
+    parser.add_argument("--batch-size", type=int, default=64, help="chunks per incremental session (default 64)")
+    parser.add_argument("--cpu-only", action="store_true", help="do not use CUDA even when it is available")
+    return parser.parse_args(argv)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_chunks(model_directory: Path, text_path: Path, positions: int, chunk_length: int):
+    """Token chunks covering the first `positions` tokens, and the number of text bytes they cover."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_directory / TOKENIZER_FILE))
+    text = text_path.read_text(encoding="utf-8")
+    encoding = tokenizer.encode(text)
+    ids = np.asarray(encoding.ids[:positions], dtype=np.int64)
+    if len(ids) < positions:
+        print(f"note: the text has only {len(ids)} tokens", file=sys.stderr)
+    covered_characters = encoding.offsets[len(ids) - 1][1] if len(ids) else 0
+    covered_bytes = len(text[:covered_characters].encode("utf-8"))
+    chunks = [ids[start : start + chunk_length] for start in range(0, len(ids), chunk_length)]
+    return chunks, covered_bytes
+
+
+def full_pass(engine: ExactGPTEngine, chunks) -> tuple[list[np.ndarray], float]:
+    began = time.perf_counter()
+    rows = engine.sequence_weights(chunks)
+    return rows, time.perf_counter() - began
+
+
+def incremental(engine: ExactGPTEngine, chunks, batch_size: int) -> tuple[list[np.ndarray], float]:
+    """Decode each chunk one position at a time, `batch_size` chunks per session."""
+    began = time.perf_counter()
+    results = []
+    for first in range(0, len(chunks), batch_size):
+        batch = chunks[first : first + batch_size]
+        longest = max(len(chunk) for chunk in batch)
+        inputs = np.full((len(batch), longest), engine.start_token, dtype=np.int64)
+        for row, chunk in enumerate(batch):
+            inputs[row, 1 : len(chunk)] = chunk[:-1]
+        session = engine.start(len(batch))
+        steps = np.stack([session.advance(inputs[:, t]) for t in range(longest)], axis=1)  # (B, T, V)
+        results += [steps[row, : len(chunk)] for row, chunk in enumerate(batch)]
+    return results, time.perf_counter() - began
+
+
+def compare(name: str, reference, candidate) -> int:
+    positions = sum(len(rows) for rows in candidate)
+    mismatches = sum(int((a != b).any(axis=1).sum()) for a, b in zip(reference, candidate))
+    print(f"{name}: {positions} positions compared, {mismatches} mismatching rows")
+    return mismatches
+
+
+def float_bits(model, chunks, start_token: int, device) -> float:
+    """The float model's ideal code length: -log2 softmax(logits)[token], summed."""
+    model = model.to(device)
+    total = 0.0
+    with torch.no_grad():
+        for chunk in chunks:
+            inputs = torch.from_numpy(np.concatenate([[start_token], chunk[:-1]])).to(device)[None]
+            log_p = torch.log_softmax(model(inputs)[0].double(), dim=-1)
+            total -= float(log_p[torch.arange(len(chunk), device=device), torch.from_numpy(chunk).to(device)].sum())
+    model.to("cpu")
+    return total / math.log(2)
+
+
+def coded_bits(chunks, rows) -> int:
+    """Size of the exact engine's rows through the real range coder, all chunks in one payload."""
+    encoder = coder.Encoder()
+    for chunk, weights in zip(chunks, rows):
+        encoder.encode(chunk, weights)
+    return 8 * len(encoder.finish())
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    model = load_gpt(arguments.model)
+    chunk_length = model.config.context_length - 1
+    chunks, covered_bytes = load_chunks(arguments.model, arguments.text, arguments.positions, chunk_length)
+    incremental_chunks = chunks
+    if arguments.incremental_positions is not None:
+        incremental_chunks = chunks[: max(1, math.ceil(arguments.incremental_positions / chunk_length))]
+    use_cuda = torch.cuda.is_available() and not arguments.cpu_only
+    print(f"model: {arguments.model} ({model.num_parameters():,} parameters, {model.config})")
+    print(f"text: {arguments.text}: {sum(map(len, chunks))} positions in {len(chunks)} chunks, {covered_bytes} bytes")
+    print(f"torch {torch.__version__}; CPU: {cpu_name()}, {torch.get_num_threads()} threads")
+
+    mismatches = 0
+    if use_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        print(f"CUDA: {torch.cuda.get_device_name()}")
+        cpu_engine = ExactGPTEngine(model, device="cpu", start_token=START_TOKEN)
+        reference, seconds = full_pass(cpu_engine, chunks)
+        print(f"CPU full pass: {sum(map(len, chunks)) / seconds:.0f} positions/s")
+        cuda_engine = ExactGPTEngine(model, device="cuda", start_token=START_TOKEN)
+        full_pass(cuda_engine, chunks[:1])  # warm-up
+        rows, seconds = full_pass(cuda_engine, chunks)
+        print(f"CUDA full pass: {sum(map(len, chunks)) / seconds:.0f} positions/s")
+        mismatches += compare("CPU full pass vs CUDA full pass", reference, rows)
+        rows, seconds = incremental(cuda_engine, incremental_chunks, arguments.batch_size)
+        print(f"CUDA incremental: {sum(map(len, rows)) / seconds:.0f} positions/s")
+        mismatches += compare("CPU full pass vs CUDA incremental", reference, rows)
+    else:
+        print("CUDA: not available; comparing CPU thread counts and pass shapes")
+        engine = ExactGPTEngine(model, device="cpu", start_token=START_TOKEN)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            reference, seconds = full_pass(engine, chunks)
+            print(f"CPU full pass, 1 thread: {sum(map(len, chunks)) / seconds:.0f} positions/s")
+            torch.set_num_threads(2)
+            rows, seconds = full_pass(engine, chunks)
+            print(f"CPU full pass, 2 threads: {sum(map(len, chunks)) / seconds:.0f} positions/s")
+            mismatches += compare("CPU 1 thread vs 2 threads", reference, rows)
+        finally:
+            torch.set_num_threads(threads)
+        rows, seconds = incremental(engine, incremental_chunks, arguments.batch_size)
+        print(f"CPU incremental: {sum(map(len, rows)) / seconds:.0f} positions/s")
+        mismatches += compare("CPU full pass vs CPU incremental", reference, rows)
+
+    exact = coded_bits(chunks, reference) / max(1, covered_bytes)
+    ideal = float_bits(model, chunks, START_TOKEN, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
+    print(f"bits per byte: exact engine {exact:.4f} (coded), float model {ideal:.4f} (ideal), "
+          f"difference {exact - ideal:+.4f}")
+    print("RESULT:", "all rows identical" if mismatches == 0 else f"{mismatches} rows differ")
+    return 0 if mismatches == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
