@@ -31,6 +31,7 @@ CHUNK_KINDS = tuple(CHUNK_NAMES)
 MAX_HEADER_BYTES = 1 << 16
 MAX_CHUNK_BYTES = 1 << 24
 MAX_GROUP_CHUNKS = 1024
+MAX_GROUP_BYTES = 1 << 28  # payloads of one group; a reader allocates them in one piece
 
 _PREAMBLE = struct.Struct("<4sBI")  # magic, format version, header length
 _GROUP = struct.Struct("<H")  # chunk count
@@ -156,6 +157,8 @@ def read_record(stream: BinaryIO, max_group_chunks: int) -> list[ChunkRecord] | 
     for kind, raw_length, token_count, payload_length, _ in entries:
         if kind not in CHUNK_KINDS or raw_length > MAX_CHUNK_BYTES or payload_length > MAX_CHUNK_BYTES:
             raise CorruptError("the chunk stream is damaged (impossible chunk)")
+    if sum(entry[3] for entry in entries) > MAX_GROUP_BYTES:
+        raise CorruptError("the chunk stream is damaged (impossible group size)")
     payloads = _read_exactly(stream, sum(entry[3] for entry in entries), "chunk payloads")
     (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "chunk payloads"))
     if zlib.crc32(payloads) != crc:
