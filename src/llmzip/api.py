@@ -37,6 +37,8 @@ class Compressor:
             raise ValueError("level must be between 1 and 9")
         if engine not in ("auto", "exact", "float"):
             raise ValueError("engine must be 'auto', 'exact' or 'float'")
+        if not 1 <= batch_size <= container.MAX_GROUP_CHUNKS:
+            raise ValueError(f"batch_size must be between 1 and {container.MAX_GROUP_CHUNKS}")
         self.model = models.load_model(model or models.model_for_level(level))
         exact = None if engine == "auto" else engine == "exact"
         self.engine = self.model.engine(exact=exact, device=device or _default_device(), batch_size=batch_size,
@@ -108,6 +110,8 @@ class Decompressor:
                 f"model '{model.name}' (sha256 {model.fingerprint[:12]}…) is not the one this file was made with; "
                 + models.describe_missing(recorded_model)
             )
+        if header.get("chunk_tokens", 0) > model.context_length - 1:
+            raise CorruptError("the model record is damaged (chunks longer than the model's context)")
         settings = header["engine"]
         if settings.get("kind") == "exact":
             engine = model.engine(exact=True, device=self.device or _default_device())
@@ -117,7 +121,13 @@ class Decompressor:
                     "use the llmzip version that made it"
                 )
         elif settings.get("kind") == "float":
-            device = settings.get("device", "cpu")
+            device, threads = settings.get("device", "cpu"), settings.get("threads")
+            # Checked before the engine exists: building it moves the shared, cached model to `device`.
+            if device not in ("cpu", "cuda") or device != "cpu" and _default_device() != device:
+                raise EngineMismatchError(f"this file was made with the float engine on device {device!r}, which this "
+                                          "machine does not have; decode it where it was made")
+            if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 4096:
+                raise CorruptError("the model record is damaged (engine threads)")
             engine = model.engine(exact=False, device=device, batch_size=header["batch_size"], threads=settings.get("threads"))
             engine.check_machine(settings)
         else:
