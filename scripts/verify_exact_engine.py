@@ -34,7 +34,7 @@ START_TOKEN = 0
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="native GPT model directory (config.json, model.safetensors, tokenizer.json)")
+    parser.add_argument("model", type=Path, help="native GPT model directory, tokenizer.json included")
     parser.add_argument("text", type=Path, help="UTF-8 text file to tokenise")
     parser.add_argument("--positions", type=int, default=50_000, help="positions to compare (default 50000)")
     parser.add_argument("--incremental-positions", type=int, default=None,

@@ -129,8 +129,8 @@ class FixedPoint:
     shift: torch.Tensor  # int64, same shape, 1..62
     half: torch.Tensor  # 2 ** (shift - 1)
 
-    def to(self, device) -> "FixedPoint":
-        return FixedPoint(self.multiplier.to(device), self.shift.to(device), self.half.to(device))
+    def view(self, *shape) -> "FixedPoint":
+        return FixedPoint(self.multiplier.view(*shape), self.shift.view(*shape), self.half.view(*shape))
 
 
 def fixed_point(ratios, input_bound: int, device="cpu") -> FixedPoint:
@@ -318,6 +318,16 @@ def integer_attention(
 # ---------------------------------------------------------------------------------------------
 
 
+def _positive(bounds):
+    """Bounds of all-zero weights are 0: their outputs are 0 and any positive scale will do."""
+    return np.where(bounds > 0, bounds, 1.0)
+
+
+def _residual_units(table: torch.Tensor, residual_scale: float, device) -> torch.Tensor:
+    values = np.rint(table.numpy().astype(np.float64) / residual_scale).astype(np.int64)
+    return torch.from_numpy(values).to(device)
+
+
 class _QuantisedLinear:
     """An int8 weight (out, in) stored transposed as float64 for `exact_matmul`, with its scales."""
 
@@ -348,9 +358,9 @@ class _Block:
         norm1_unit = self.norm1.output_scale
         real_bounds = self.norm1.output_bounds(self.qkv.values) * self.qkv.scales * norm1_unit
         q_bounds, k_bounds, v_bounds = real_bounds.reshape(3, H, self.head_dim)
-        q_head_scales = q_bounds.max(axis=1) / ACTIVATION_LIMIT
-        k_head_scales = k_bounds.max(axis=1) / ACTIVATION_LIMIT
-        self.v_scale = v_bounds.max() / ACTIVATION_LIMIT
+        q_head_scales = _positive(q_bounds.max(axis=1)) / ACTIVATION_LIMIT
+        k_head_scales = _positive(k_bounds.max(axis=1)) / ACTIVATION_LIMIT
+        self.v_scale = float(_positive(v_bounds.max())) / ACTIVATION_LIMIT
         output_scales = np.concatenate(
             [np.repeat(q_head_scales, self.head_dim), np.repeat(k_head_scales, self.head_dim),
              np.full(C, self.v_scale)]
@@ -360,16 +370,14 @@ class _Block:
         # Scores: q.k * s_q * s_k / sqrt(D) nats, in 2**-LOGIT_FRACTION_BITS units, per head.
         score_ratios = q_head_scales * k_head_scales / math.sqrt(self.head_dim) * float(2**LOGIT_FRACTION_BITS)
         score_bound = self.head_dim * ACTIVATION_LIMIT**2
-        self.score_scale = fixed_point(score_ratios, score_bound, device)
-        self.score_scale = FixedPoint(*(t.view(1, H, 1, 1) for t in
-                                        (self.score_scale.multiplier, self.score_scale.shift, self.score_scale.half)))
+        self.score_scale = fixed_point(score_ratios, score_bound, device).view(1, H, 1, 1)
         self.attention_proj_scale = fixed_point(
             self.v_scale * self.attention_proj.scales / residual_scale, C * ACTIVATION_LIMIT * WEIGHT_LIMIT, device
         )
 
         # MLP: the pre-activation has one scale; ReLU² squares it exactly.
         fc_bounds = self.norm2.output_bounds(self.fc.values) * self.fc.scales * self.norm2.output_scale
-        self.hidden_scale = fc_bounds.max() / ACTIVATION_LIMIT
+        self.hidden_scale = float(_positive(fc_bounds.max())) / ACTIVATION_LIMIT
         self.fc_scale = fixed_point(
             self.fc.scales * self.norm2.output_scale / self.hidden_scale, C * ACTIVATION_LIMIT * WEIGHT_LIMIT, device
         )
@@ -415,8 +423,8 @@ class ExactGPTEngine:
         # uses the int8 grid, as that is where wte is a matrix-product weight.
         embedding_peak = float(max(wte.abs().max(), wpe.abs().max())) or 1.0
         self.residual_scale = embedding_peak / 2**RESIDUAL_BITS
-        self.token_embedding = torch.from_numpy(np.rint(wte.numpy().astype(np.float64) / self.residual_scale).astype(np.int64)).to(self.device)
-        self.position_embedding = torch.from_numpy(np.rint(wpe.numpy().astype(np.float64) / self.residual_scale).astype(np.int64)).to(self.device)
+        self.token_embedding = _residual_units(wte, self.residual_scale, self.device)  # (V, C)
+        self.position_embedding = _residual_units(wpe, self.residual_scale, self.device)  # (context, C)
 
         self.blocks = [_Block(block, config, self.residual_scale, self.device) for block in model.blocks]
         self.norm_f = IntegerRMSNorm(model.norm_f.weight, config.norm_eps, self.residual_scale, self.device)
@@ -521,10 +529,11 @@ class ExactGPTEngine:
 
 
 class _Cache:
-    """Keys or values of one layer for every position so far: (B, H, context, D) int64."""
+    """Keys or values of one layer for every position so far: (B, H, context, D)."""
 
     def __init__(self, batch_size, heads, length, head_dim, device):
-        self.store = torch.zeros(batch_size, heads, length, head_dim, dtype=torch.int64, device=device)
+        # int16 holds every k and v (|value| <= ACTIVATION_LIMIT) at a quarter of the memory.
+        self.store = torch.zeros(batch_size, heads, length, head_dim, dtype=torch.int16, device=device)
         self.position = 0
 
     def __call__(self, new: torch.Tensor) -> torch.Tensor:
