@@ -4,8 +4,9 @@ Every number on the inference path is an integer held in an int64 tensor; its re
 integer times a scale fixed when the engine is built. Scales are derived from the float32
 weights with basic IEEE operations only (+ - * / max, frexp, rounding), which give the same bits
 on every platform, and are applied at run time as integer multipliers and shifts. Nothing on the
-run-time path uses exp, sqrt or any other float function whose last bit could differ between
-CPU and GPU, libraries or thread counts.
+run-time path depends on exp, sqrt or any other float function whose last bit could differ
+between CPU and GPU, libraries or thread counts (the one float sqrt is a first guess that
+integer checks correct).
 
 Matrix products run on ordinary BLAS in float64: their operands are integers and every partial
 sum stays below 2**53, so each addition is exact and the result is the same whatever the
