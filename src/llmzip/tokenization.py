@@ -69,6 +69,8 @@ class ByteTokenizer:
 
     def __init__(self, tokenizer, start_token: int):
         self.tokenizer = tokenizer
+        # Text that happens to spell a special token is ordinary text here.
+        tokenizer.encode_special_tokens = True
         self.start_token = start_token
         table, single_byte = _token_table(tokenizer)
         self.token_bytes = table

@@ -1,0 +1,119 @@
+"""Round trips through the Python API with tiny models."""
+
+import io
+import random
+
+import pytest
+
+import llmzip
+from conftest import SAMPLE_TEXT
+
+
+def exact_engine_available() -> bool:
+    try:
+        from llmzip.engine.exact import ExactGPTEngine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+ENGINES = ["float", pytest.param("exact", marks=pytest.mark.skipif(not exact_engine_available(), reason="exact engine not built"))]
+
+CASES = {
+    "empty": b"",
+    "one byte": b"x",
+    "all byte values": bytes(range(256)),
+    "random bytes": random.Random(7).randbytes(1500),
+    "invalid utf-8": b"caf\xe9 \xff\xfe text with \xc3 broken \xe4\xbd sequences " * 3,
+    "chinese": "满纸荒唐言，一把辛酸泪。都云作者痴，谁解其中味？".encode(),
+    "longer than the context": (SAMPLE_TEXT * 3).encode(),
+}
+
+
+@pytest.fixture(scope="module")
+def compressors(tiny_model):
+    return {engine: llmzip.Compressor(model=tiny_model, engine=engine, device="cpu", batch_size=4)
+            for engine in ("float", "exact") if engine == "float" or exact_engine_available()}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_round_trip(compressors, tiny_model, engine, name):
+    data = CASES[name]
+    packed = compressors[engine].compress(data)
+    assert llmzip.decompress(packed, model=tiny_model) == data
+    assert llmzip.info(packed).content_size == len(data)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_many_chunks_and_groups(tiny_model, engine):
+    data = " ".join(f"word{index} {SAMPLE_TEXT[index % 40:]}" for index in range(12)).encode()
+    compressor = llmzip.Compressor(model=tiny_model, engine=engine, device="cpu", chunk_tokens=16, batch_size=3)
+    packed = compressor.compress(data)
+    details = llmzip.info(packed)
+    assert details.chunks["model"] > 3 * 2  # several full groups of model-coded chunks
+    assert details.model_settings["engine"]["kind"] == engine
+    assert llmzip.decompress(packed, model=tiny_model) == data
+
+
+def test_binary_data_grows_by_framing_only(tiny_model, random_bytes):
+    packed = llmzip.compress(random_bytes, model=tiny_model, engine="float")
+    assert len(packed) <= len(random_bytes) + 128
+    assert llmzip.info(packed).model_settings is None  # no model needed to decode it
+
+
+def test_file_made_with_another_model_is_refused(tiny_model, other_model):
+    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float")
+    with pytest.raises(llmzip.ModelError, match="sha256"):
+        llmzip.decompress(packed, model=other_model)
+
+
+def test_open_writes_and_reads_like_gzip(tiny_model, tmp_path):
+    path = tmp_path / "notes.txt.llmz"
+    with llmzip.open(path, "wt", model=tiny_model, engine="float", encoding="utf-8") as stream:
+        stream.write(SAMPLE_TEXT)
+    with llmzip.open(path, "rt", model=tiny_model, encoding="utf-8") as stream:
+        assert stream.read() == SAMPLE_TEXT
+    with llmzip.open(path, "rb", model=tiny_model) as stream:
+        assert stream.read(5) == SAMPLE_TEXT.encode()[:5]
+
+
+def test_truncated_data_raises_eof_error(tiny_model):
+    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float")
+    with pytest.raises(EOFError):
+        llmzip.decompress(packed[:-3], model=tiny_model)
+
+
+def test_trailing_garbage_is_refused(tiny_model):
+    packed = llmzip.compress(b"abc", model=tiny_model, engine="float")
+    with pytest.raises(llmzip.CorruptError):
+        llmzip.decompress(packed + b"junk", model=tiny_model)
+
+
+def test_float_file_refused_on_another_machine(tiny_model):
+    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float")
+
+    def as_if_made_elsewhere(settings):
+        settings["engine"]["torch"] = "1.0.0"
+        settings["engine"]["cpu_capability"] = "NEON"
+
+    with pytest.raises(llmzip.EngineMismatchError, match="torch"):
+        llmzip.decompress(rewrite_model_record(packed, as_if_made_elsewhere), model=tiny_model)
+
+
+def rewrite_model_record(data: bytes, change) -> bytes:
+    """The same file with its model record edited and every record sealed again."""
+    from llmzip import container
+
+    source, output = io.BytesIO(data), io.BytesIO()
+    container.write_header(output, container.read_header(source))
+    while True:
+        record = container.read_record(source, container.MAX_GROUP_CHUNKS)
+        if isinstance(record, dict):
+            change(record)
+            container.write_model_record(output, record)
+        elif isinstance(record, list):
+            container.write_group(output, record)
+        else:
+            container.write_end(output, record)
+            return output.getvalue()
