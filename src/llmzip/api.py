@@ -126,8 +126,11 @@ class Decompressor:
             if device not in ("cpu", "cuda") or device != "cpu" and _default_device() != device:
                 raise EngineMismatchError(f"this file was made with the float engine on device {device!r}, which this "
                                           "machine does not have; decode it where it was made")
-            if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 4096:
+            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
                 raise CorruptError("the model record is damaged (engine threads)")
+            if threads > max(64, 4 * (os.cpu_count() or 1)):  # thousands of threads would crawl, not decode
+                raise EngineMismatchError(f"this file was made with the float engine on {threads} threads, far more than "
+                                          f"this machine's {os.cpu_count()} cores; decode it on a machine like the one that made it")
             engine = model.engine(exact=False, device=device, batch_size=header["batch_size"], threads=settings.get("threads"))
             engine.check_machine(settings)
         else:
