@@ -32,7 +32,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def compressors(tiny_model):
-    return {engine: llmzip.Compressor(model=tiny_model, engine=engine, device="cpu", batch_size=4)
+    return {engine: llmzip.Compressor(model=tiny_model, engine=engine, device="cpu", batch_size=4, xz_fallback=False)
             for engine in ("float", "exact") if engine == "float" or exact_engine_available()}
 
 
@@ -48,7 +48,8 @@ def test_round_trip(compressors, tiny_model, engine, name):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_many_chunks_and_groups(tiny_model, engine):
     data = " ".join(f"word{index} {SAMPLE_TEXT[index % 40:]}" for index in range(12)).encode()
-    compressor = llmzip.Compressor(model=tiny_model, engine=engine, device="cpu", chunk_tokens=16, batch_size=3)
+    compressor = llmzip.Compressor(model=tiny_model, engine=engine, device="cpu", chunk_tokens=16, batch_size=3,
+                                   xz_fallback=False)
     packed = compressor.compress(data)
     details = llmzip.info(packed)
     assert details.chunks["model"] > 3 * 2  # several full groups of model-coded chunks
@@ -63,7 +64,7 @@ def test_binary_data_grows_by_framing_only(tiny_model, random_bytes):
 
 
 def test_file_made_with_another_model_is_refused(tiny_model, other_model):
-    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float")
+    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float", xz_fallback=False)
     with pytest.raises(llmzip.ModelError, match="sha256"):
         llmzip.decompress(packed, model=other_model)
 
@@ -91,7 +92,7 @@ def test_trailing_garbage_is_refused(tiny_model):
 
 
 def test_float_file_refused_on_another_machine(tiny_model):
-    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float")
+    packed = llmzip.compress(SAMPLE_TEXT.encode(), model=tiny_model, engine="float", xz_fallback=False)
 
     def as_if_made_elsewhere(settings):
         settings["engine"]["torch"] = "1.0.0"

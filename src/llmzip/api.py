@@ -32,7 +32,7 @@ class Compressor:
 
     def __init__(self, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
                  device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 threads: int | None = None):
+                 threads: int | None = None, xz_fallback: bool = True):
         if not 1 <= level <= 9:
             raise ValueError("level must be between 1 and 9")
         if engine not in ("auto", "exact", "float"):
@@ -48,6 +48,7 @@ class Compressor:
         if self.chunk_tokens < 1:
             raise ValueError("chunk_tokens must be at least 1")
         self.batch_size = batch_size
+        self.xz_fallback = xz_fallback
 
     def model_settings(self) -> dict:
         """Everything the decoder needs to reproduce the model's predictions."""
@@ -71,7 +72,7 @@ class Compressor:
         return StreamEncoder(destination, header={"content_size": content_size}, model_settings=self.model_settings(),
                              tokenizer=self.model.tokenizer,
                              engine=self.engine, chunk_tokens=self.chunk_tokens, batch_size=self.batch_size,
-                             progress=progress)
+                             xz_fallback=self.xz_fallback, progress=progress)
 
     def copy_stream(self, source: BinaryIO, destination: BinaryIO, *, content_size: int | None = None,
                     progress: Callable[[int], None] | None = None) -> Summary:
@@ -158,10 +159,11 @@ class Decompressor:
 
 
 def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
-             device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> bytes:
+             device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             xz_fallback: bool = True) -> bytes:
     """Compress `data` in one call; see Compressor for the options."""
     return Compressor(model=model, level=level, engine=engine, device=device, chunk_tokens=chunk_tokens,
-                      batch_size=batch_size).compress(bytes(data))
+                      batch_size=batch_size, xz_fallback=xz_fallback).compress(bytes(data))
 
 
 def decompress(data: bytes, *, model: str | None = None, device: str | None = None) -> bytes:

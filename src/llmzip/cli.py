@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exact: integer engine, files decode on any machine (native models, default); float: any model, decodes only on a matching machine")
     parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per independently coded chunk (default: the model's context)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks coded together in one batch (default 16)")
+    parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
+                        help="model-code all text, even where xz would be smaller (for measuring models)")
     parser.add_argument("-T", "--threads", type=int, metavar="N", help="CPU threads for inference")
     for level in range(1, 10):
         parser.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
@@ -175,7 +177,8 @@ class Runner:
 
             args = self.args
             self._compressor = Compressor(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
-                                          chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads)
+                                          chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads,
+                                          xz_fallback=args.xz_fallback)
         return self._compressor
 
     @property

@@ -62,8 +62,10 @@ class StreamEncoder:
     """Push bytes in with write(); coded groups go to `destination`; close() writes the end."""
 
     def __init__(self, destination: BinaryIO, *, header: dict, model_settings: dict, tokenizer, engine,
-                 chunk_tokens: int, batch_size: int, progress: Callable[[int], None] | None = None):
+                 chunk_tokens: int, batch_size: int, xz_fallback: bool = True,
+                 progress: Callable[[int], None] | None = None):
         self.destination = destination
+        self.xz_fallback = xz_fallback  # off: every text chunk the model does not expand is model-coded
         self.model_settings = model_settings  # written before the first model-coded group only
         self.tokenizer = tokenizer
         self.engine = engine
@@ -139,10 +141,13 @@ class StreamEncoder:
             # The decoder will batch only the model-coded chunks; recode them in that batch shape.
             recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k]))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
-        model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
-        fallback = _raw_chunk(b"".join(raw for raw, _ in group))
-        if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
-            return [fallback]  # repetitive text that the chunk-by-chunk model cannot see as such
+        if self.xz_fallback:
+            model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
+            if self.model_settings is not None:  # the first model-coded group also pays for the model record
+                model_size += container.model_record_size(self.model_settings)
+            fallback = _raw_chunk(b"".join(raw for raw, _ in group))
+            if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
+                return [fallback]  # repetitive text that the chunk-by-chunk model cannot see as such
         records = []
         for (raw, tokens), (payload, bits), model_coded in zip(group, coded, keep):
             if model_coded:

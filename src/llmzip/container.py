@@ -83,6 +83,10 @@ def write_header(stream: BinaryIO, header: dict) -> None:
     stream.write(preamble + body + _CRC.pack(zlib.crc32(preamble + body)))
 
 
+def model_record_size(settings: dict) -> int:
+    return len(MODEL_TAG) + _LENGTH.size + len(_json_bytes(settings)) + _CRC.size
+
+
 def write_model_record(stream: BinaryIO, settings: dict) -> None:
     """Model, engine and coder settings; written once, before the first model-coded group."""
     record = MODEL_TAG + _LENGTH.pack(len(body := _json_bytes(settings))) + body
