@@ -196,7 +196,10 @@ def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
 
     for step, weights, active in _lockstep(engine, [record.token_count for record in records], next_token):
         for row in active:
-            decoded[row][step] = decoders[row].decode(weights[row : row + 1])[0]
+            try:
+                decoded[row][step] = decoders[row].decode(weights[row : row + 1])[0]
+            except AssertionError:  # how constriction refuses data that no encoder could have written
+                raise CorruptError("a model-coded chunk is damaged (invalid range-coder data)") from None
     return decoded
 
 
