@@ -1,0 +1,346 @@
+"""`llmzip explain`: one HTML page that shows what every token of a file costs.
+
+Each token is coloured by its code length, −log2 p under the model: what the range coder
+spends on it, within a few bytes per chunk. The tokens are cut into chunks exactly as the
+compressor cuts them (each chunk coded from a fresh context), so the page shows the costs the
+compressor sees. Where a token's bytes end inside a UTF-8 character (common in Chinese, where
+one character can span two tokens), consecutive tokens are shown together until their bytes
+form whole characters; their costs add up.
+
+The page is self-contained (no scripts, no external files): text, legend, totals and the most
+surprising spans of the file. Hovering a token shows its cost in bits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import html
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import coder
+from .errors import LLMZipError
+
+SCALE_BITS = 16  # top of the colour scale; costlier tokens get the darkest colour
+# Colour stops from cheap (pale green) through yellow and orange to costly (dark red).
+_STOPS = [(0.0, (240, 249, 232)), (2.0, (204, 235, 197)), (4.0, (255, 247, 188)), (6.0, (254, 227, 145)),
+          (8.0, (254, 196, 79)), (10.0, (254, 153, 41)), (12.0, (236, 112, 20)), (14.0, (204, 76, 2)),
+          (16.0, (140, 45, 4))]
+ROW_BUDGET = 1 << 25  # weight entries held at once when asking an engine for full-pass rows
+
+
+@dataclass
+class TokenCosts:
+    tokens: np.ndarray  # (T,) token ids
+    bits: np.ndarray  # (T,) −log2 p of each token
+    token_bytes: list[bytes]  # the bytes each token stands for
+    chunks: int
+    chunk_tokens: int  # the compressor's chunk length
+
+
+def token_costs(compressor, data: bytes) -> TokenCosts:
+    """Tokenise as the compressor does, cut into its chunks, and cost every token under the model."""
+    tokenizer = compressor.model.tokenizer
+    tokens = tokenizer.tokenize(data)
+    size = compressor.chunk_tokens
+    chunks = [tokens[start : start + size] for start in range(0, len(tokens), size)]
+    bits = []
+    # Chunks go in the compressor's groups, so a float engine sees the batch shapes it codes with.
+    for first in range(0, len(chunks), compressor.batch_size):
+        bits += chunk_bits(compressor.engine, chunks[first : first + compressor.batch_size])
+    return TokenCosts(tokens, np.concatenate(bits) if bits else np.zeros(0), [tokenizer.token_bytes[t] for t in tokens],
+                      len(chunks), size)
+
+
+def chunk_bits(engine, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    """−log2 p of every token of each chunk, each chunk from a fresh context."""
+    if not chunks:
+        return []
+    rows_at_once = max(1, ROW_BUDGET // max(engine.vocab_size, 1))
+    results: list[np.ndarray] = []
+    group: list[np.ndarray] = []
+    for chunk in chunks + [None]:
+        if group and (chunk is None or sum(map(len, group)) + len(chunk) > rows_at_once):
+            weights = engine.sequence_weights(group)
+            if weights is None:
+                return _session_bits(engine, chunks)  # this engine has only the incremental path
+            results += [coder.code_length_bits(tokens, rows) for tokens, rows in zip(group, weights)]
+            group = []
+        if chunk is not None:
+            group.append(chunk)
+    return results
+
+
+def _session_bits(engine, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    """The decoder's path: every chunk fed one token per step, finished rows fed the start token."""
+    session = engine.start(len(chunks))
+    bits = [np.zeros(len(chunk)) for chunk in chunks]
+    feed = np.full(len(chunks), engine.start_token, dtype=np.int64)
+    for step in range(max(len(chunk) for chunk in chunks)):
+        weights = session.advance(feed)
+        feed = np.full(len(chunks), engine.start_token, dtype=np.int64)
+        for row, chunk in enumerate(chunks):
+            if step < len(chunk):
+                bits[row][step] = coder.code_length_bits(chunk[step : step + 1], weights[row : row + 1])[0]
+                feed[row] = chunk[step]
+    return bits
+
+
+# -- grouping tokens into readable pieces ---------------------------------------------------------
+
+
+def character_boundaries(data: bytes) -> set[int]:
+    """Byte offsets between whole UTF-8 characters (an invalid byte counts as one character)."""
+    boundaries = {0}
+    position = 0
+    for character in data.decode("utf-8", errors="surrogateescape"):
+        position += 1 if "\udc80" <= character <= "\udcff" else len(character.encode("utf-8"))
+        boundaries.add(position)
+    return boundaries
+
+
+def group_tokens(token_bytes: list[bytes]) -> list[tuple[int, int]]:
+    """Runs of consecutive tokens [start, end) whose bytes together are whole characters."""
+    boundaries = character_boundaries(b"".join(token_bytes))
+    groups, start, position = [], 0, 0
+    for index, piece in enumerate(token_bytes):
+        position += len(piece)
+        if position in boundaries:
+            groups.append((start, index + 1))
+            start = index + 1
+    if start < len(token_bytes):
+        groups.append((start, len(token_bytes)))
+    return groups
+
+
+def visible_html(data: bytes, *, line_breaks: bool = True) -> str:
+    """Escaped HTML for bytes: text as itself, invalid UTF-8 and control bytes as \\xNN escapes."""
+    parts = []
+    for character in data.decode("utf-8", errors="surrogateescape"):
+        if "\udc80" <= character <= "\udcff":
+            parts.append(f'<span class="esc">\\x{ord(character) - 0xDC00:02x}</span>')
+        elif character == "\n":
+            parts.append('<span class="nl">↵</span>' + ("\n" if line_breaks else ""))
+        elif character == "\t":
+            parts.append("\t")
+        elif character == "\r":
+            parts.append('<span class="esc">\\r</span>')
+        elif ord(character) < 0x20 or 0x7F <= ord(character) < 0xA0:
+            parts.append(f'<span class="esc">\\x{ord(character):02x}</span>')
+        else:
+            parts.append(html.escape(character))
+    return "".join(parts)
+
+
+def token_repr(piece: bytes) -> str:
+    """A token's bytes for a tooltip, quoted: text where it decodes, escapes (\\n, \\xNN) where not."""
+    text = piece.decode("utf-8", errors="backslashreplace")
+    shown = "".join(character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
+                    for character in text)
+    return f"'{shown}'"
+
+
+# -- the page -------------------------------------------------------------------------------------
+
+
+def colour(bits: float) -> tuple[int, int, int]:
+    value = min(max(bits, 0.0), SCALE_BITS)
+    for (low, low_colour), (high, high_colour) in zip(_STOPS, _STOPS[1:]):
+        if value <= high:
+            fraction = (value - low) / (high - low)
+            return tuple(round(a + (b - a) * fraction) for a, b in zip(low_colour, high_colour))
+    return _STOPS[-1][1]
+
+
+def _bucket(bits: float) -> int:
+    return int(min(max(round(bits), 0), SCALE_BITS))
+
+
+def surprising_spans(bits: np.ndarray, *, window: int, count: int,
+                     groups: list[tuple[int, int]] | None = None) -> list[tuple[int, int, float]]:
+    """The `count` costliest non-overlapping windows of about `window` tokens: (start, end, bits), costliest first.
+
+    With `groups`, a window is widened to whole groups so that it never cuts a character.
+    """
+    if len(bits) == 0 or count <= 0:
+        return []
+    window = max(1, min(window, len(bits)))
+    running = np.concatenate([[0.0], np.cumsum(bits)])
+    sums = running[window:] - running[:-window]
+    starts = [start for start, _ in groups] if groups else None
+    ends = [end for _, end in groups] if groups else None
+    chosen: list[tuple[int, int, float]] = []
+    taken = np.zeros(len(bits), dtype=bool)
+    for start in np.argsort(-sums, kind="stable"):
+        start, end = int(start), int(start) + window
+        if groups:
+            start = starts[bisect.bisect_right(starts, start) - 1]
+            end = ends[bisect.bisect_left(ends, end)]
+        if not taken[start:end].any():
+            chosen.append((start, end, float(running[end] - running[start])))
+            taken[start:end] = True
+            if len(chosen) == count:
+                break
+    return sorted(chosen, key=lambda span: -span[2])
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", "Noto Sans", "Noto Sans CJK SC", "WenQuanYi Zen Hei",
+       sans-serif; margin: 2em auto; max-width: 70em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table.totals td { padding: 0.1em 1.2em 0.1em 0; } table.totals td:first-child { color: #555; }
+.legend { display: flex; align-items: flex-end; gap: 0; margin: 0.5em 0 0.2em; }
+.legend div { width: 3.2em; text-align: center; font-size: 0.8em; }
+.legend span { display: block; height: 1.4em; border: 1px solid #fff; }
+.text { white-space: pre-wrap; word-wrap: break-word; font-family: ui-monospace, "DejaVu Sans Mono", "Noto Sans Mono",
+        "Noto Sans Mono CJK SC", "WenQuanYi Zen Hei Mono", monospace; line-height: 1.7; font-size: 0.95em;
+        border: 1px solid #ddd; padding: 1em; }
+.text span[title] { box-shadow: inset -1px 0 rgba(255, 255, 255, 0.8); }  /* marks where tokens meet */
+.text .hot { text-decoration: underline 2px #5b1a00; text-underline-offset: 3px; }
+.nl { color: #999; font-size: 0.8em; }
+.esc { color: #555; font-size: 0.85em; font-style: italic; }
+ol.spans li { margin: 0.4em 0; }
+ol.spans code { white-space: pre-wrap; background: #f6f6f6; padding: 0.1em 0.3em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind: str, top: int = 10,
+                window: int = 16, comparison: dict[str, float] | None = None) -> str:
+    """The whole HTML page as a string."""
+    groups = group_tokens(costs.token_bytes)
+    spans = surprising_spans(costs.bits, window=window, count=top, groups=groups)
+    opening = {start: rank for rank, (start, _, _) in enumerate(spans, 1)}  # token index -> span rank
+    closing = {end for _, end, _ in spans}
+    total_bits = float(costs.bits.sum())
+    size = len(data)
+
+    styles = [f".c{level} {{ background: rgb{colour(level)}; }}" for level in range(SCALE_BITS + 1)]
+    styles += [f".c{level} {{ color: #fff; }}" for level in range(SCALE_BITS + 1) if sum(colour(level)) < 400]
+
+    pieces = []
+    for start, end in groups:
+        group_bits = float(costs.bits[start:end].sum())
+        if end - start == 1:
+            title = f"{token_repr(costs.token_bytes[start])} · {costs.bits[start]:.2f} bits"
+        else:
+            parts = " + ".join(f"{bits:.2f}" for bits in costs.bits[start:end])
+            title = f"{end - start} tokens ({' | '.join(token_repr(p) for p in costs.token_bytes[start:end])}) · {parts} = {group_bits:.2f} bits"
+        if start in opening:
+            pieces.append(f'<span class="hot" id="span{opening[start]}">')
+        text = visible_html(b"".join(costs.token_bytes[start:end]))
+        pieces.append(f'<span class="c{_bucket(group_bits)}" title="{html.escape(title, quote=True)}">{text}</span>')
+        if end in closing:
+            pieces.append("</span>")
+
+    legend = "".join(f'<div><span class="c{level}"></span>{level}{"+" if level == SCALE_BITS else ""}</div>'
+                     for level in range(0, SCALE_BITS + 1, 2))
+    rows = [
+        ("file", html.escape(name)),
+        ("model", f"{html.escape(model.name)} ({model.parameters:,} parameters, {engine_kind} engine)"),
+        ("bytes", f"{size:,}"),
+        ("tokens", f"{len(costs.bits):,} in {costs.chunks:,} chunk{'s' if costs.chunks != 1 else ''}"),
+        ("bits", f"{total_bits:,.1f} ({total_bits / 8:,.0f} bytes)"),
+        ("bits per byte", f"{total_bits / size:.3f}" if size else "–"),
+        ("bits per token", f"{total_bits / len(costs.bits):.2f}" if len(costs.bits) else "–"),
+    ]
+    for label, value in (comparison or {}).items():
+        rows.append((f"{html.escape(label)}, for comparison", f"{value:.3f} bits per byte"))
+    totals = "".join(f"<tr><td>{label}</td><td>{value}</td></tr>" for label, value in rows)
+
+    span_items = []
+    for rank, (start, end, bits) in enumerate(spans, 1):
+        span_bytes = b"".join(costs.token_bytes[start:end])
+        span_items.append(f'<li><a href="#span{rank}">{bits:.1f} bits</a> over {end - start} tokens '
+                          f'({bits / max(len(span_bytes), 1):.2f} bits per byte): '
+                          f"<code>{visible_html(span_bytes, line_breaks=False)}</code></li>")
+
+    return f"""<!DOCTYPE html>
+<html lang="und">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>llmzip explain: {html.escape(name)}</title>
+<style>{_CSS}{chr(10).join(styles)}
+</style>
+</head>
+<body>
+<h1>What each token of {html.escape(name)} costs</h1>
+<p class="note">Each token is coloured by its code length, −log2 p under the model: the bits the range coder
+spends on it. Chunks of up to {costs.chunk_tokens} tokens start from a fresh context, as in the compressor, which also keeps a chunk raw or as xz when that is smaller.
+Hover over a token to see its cost.</p>
+<h2>Totals</h2>
+<table class="totals">{totals}</table>
+<h2>Legend: bits per token</h2>
+<div class="legend">{legend}</div>
+<h2>Most surprising spans</h2>
+<ol class="spans">{''.join(span_items) or '<li>(no tokens)</li>'}</ol>
+<h2>Text</h2>
+<div class="text">{''.join(pieces)}</div>
+</body>
+</html>
+"""
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def add_explain_arguments(parser) -> None:
+    parser.description = "Write one self-contained HTML page colouring every token of FILE by its cost in bits."
+    parser.add_argument("file", metavar="FILE", help="the file to explain (- for standard input)")
+    parser.add_argument("-o", "--output", metavar="PAGE.html", help="where to write the page (default: FILE's name + .html)")
+    parser.add_argument("-m", "--model", metavar="NAME|PATH", help="built-in model name or model path (default: the default level's model)")
+    parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto", help="inference engine")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks run together (default 16)")
+    parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (default: the model's context)")
+    parser.add_argument("--max-bytes", type=int, metavar="N", help="explain only the first N bytes")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="how many surprising spans to list (default 10)")
+    parser.add_argument("--window", type=int, default=16, metavar="N", help="tokens per surprising span (default 16)")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing page")
+
+
+def explain(data: bytes, compressor, *, name: str = "input", top: int = 10, window: int = 16,
+            comparison: dict[str, float] | None = None) -> str:
+    """The HTML page for `data` under the compressor's model, engine and chunking."""
+    costs = token_costs(compressor, data)
+    return render_page(name, data, costs, model=compressor.model, engine_kind=compressor.engine.settings.get("kind", "?"),
+                       top=top, window=window, comparison=comparison)
+
+
+def run_explain(args) -> int:
+    from .api import Compressor
+    from .bench import baseline
+
+    if args.file == "-":
+        data, name = sys.stdin.buffer.read(), "(stdin)"
+    else:
+        path = Path(args.file)
+        if path.is_dir():
+            raise LLMZipError(f"{args.file}: is a directory")
+        with open(path, "rb") as stream:
+            data = stream.read(-1 if args.max_bytes is None else args.max_bytes)
+        name = path.name
+    if args.max_bytes is not None:
+        data = data[: args.max_bytes]
+    output = Path(args.output or f"{Path(name).name if args.file != '-' else 'stdin'}.html")
+    if output.exists() and not args.force:
+        raise LLMZipError(f"{output} already exists; use -f to overwrite")
+    compressor = Compressor(model=args.model, engine=args.engine, device=args.device, batch_size=args.batch_size,
+                            chunk_tokens=args.chunk_tokens)
+    xz = baseline("xz")
+    comparison = {xz.label: 8 * len(xz.compress(data)) / len(data)} if data else {}
+    page = explain(data, compressor, name=name, top=args.top, window=args.window, comparison=comparison)
+    temporary = output.with_name(output.name + ".partial")
+    temporary.write_text(page, encoding="utf-8")
+    temporary.replace(output)
+    print(f"llmzip explain: wrote {output}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["add_explain_arguments", "chunk_bits", "explain", "group_tokens", "render_page", "run_explain",
+           "surprising_spans", "token_costs"]
