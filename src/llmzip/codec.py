@@ -24,7 +24,7 @@ import numpy as np
 
 from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
-from .errors import CorruptError, TokenizationError
+from .errors import CorruptError
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
@@ -98,30 +98,32 @@ class StreamEncoder:
         block = bytes(self._buffer[:BLOCK_BYTES])
         if not looks_like_text(block):
             del self._buffer[: len(block)]
-            self._flush_text(final=True)
-            self._raw_run += block
-            if len(self._raw_run) >= BLOCK_BYTES:
-                self._flush_raw()
+            self._keep_raw(block)
             return
-        self._flush_raw()
-        try:
-            tokens = self.tokenizer.tokenize(block)
-        except TokenizationError:
-            del self._buffer[: len(block)]
-            self._raw_run += block
-            self._flush_raw()
-            return
-        pieces = [tokens[start : start + self.chunk_tokens] for start in range(0, len(tokens), self.chunk_tokens)]
+        segments = self.tokenizer.segments(block)
         last_buffer = final and len(block) == len(self._buffer)
-        if not last_buffer and len(pieces) > 1:
-            pieces.pop()  # its bytes are tokenised again with what follows, so chunks stay full
         consumed = 0
-        for piece in pieces:
-            raw = self.tokenizer.detokenize(piece)
-            consumed += len(raw)
-            self._pending.append((raw, piece))
+        for index, (raw, tokens) in enumerate(segments):
+            if tokens is None:  # bytes the tokenizer has no token for
+                self._keep_raw(raw)
+                consumed += len(raw)
+                continue
+            self._flush_raw()
+            pieces = [tokens[start : start + self.chunk_tokens] for start in range(0, len(tokens), self.chunk_tokens)]
+            if index == len(segments) - 1 and not last_buffer and len(pieces) > 1:
+                pieces.pop()  # its bytes are tokenised again with what follows, so chunks stay full
+            for piece in pieces:
+                piece_bytes = self.tokenizer.detokenize(piece)
+                consumed += len(piece_bytes)
+                self._pending.append((piece_bytes, piece))
         del self._buffer[:consumed]
         self._flush_text(final=False)
+
+    def _keep_raw(self, data: bytes) -> None:
+        self._flush_text(final=True)  # groups are written in input order
+        self._raw_run += data
+        if len(self._raw_run) >= BLOCK_BYTES:
+            self._flush_raw()
 
     def _flush_raw(self) -> None:
         while self._raw_run:

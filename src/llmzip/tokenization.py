@@ -39,7 +39,8 @@ def _token_table(tokenizer) -> tuple[list[bytes | None], list[int | None]]:
     size = max(vocab.values()) + 1
     table: list[bytes | None] = [None] * size
     alphabet = byte_level_alphabet()
-    byte_level = all(character in vocab for character in alphabet)
+    # Byte-level vocabularies may omit the few bytes that never occur in valid UTF-8.
+    byte_level = "ByteLevel" in repr(tokenizer.pre_tokenizer) or all(character in vocab for character in alphabet)
     special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
     for piece, token_id in vocab.items():
         if piece in special:
@@ -81,18 +82,35 @@ class ByteTokenizer:
 
     def tokenize(self, data: bytes) -> np.ndarray:
         """Token ids whose bytes concatenate to exactly `data`; raises TokenizationError if impossible."""
+        pieces = self.segments(data)
+        if any(tokens is None for _, tokens in pieces):
+            raise TokenizationError("the tokenizer has no token for some byte values")
+        return np.concatenate([tokens for _, tokens in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+
+    def segments(self, data: bytes) -> list[tuple[bytes, np.ndarray | None]]:
+        """`data` cut into consecutive runs, each with its exact tokens, or None for bytes no token stands for."""
         text = data.decode("utf-8", errors="surrogateescape")
-        ids: list[int] = []
+        runs: list[tuple[bytes, list[int] | None]] = []
         position = 0
         for match in _INVALID_UTF8_RUN.finditer(text):
-            ids.extend(self._tokenize_text(text[position : match.start()]))
-            ids.extend(self._bytes_as_tokens(match.group().encode("utf-8", errors="surrogateescape")))
+            runs.append(self._tokenize_text(text[position : match.start()]))
+            invalid = match.group().encode("utf-8", errors="surrogateescape")
+            runs.extend(self._bytes_as_tokens(bytes([byte])) for byte in invalid)
             position = match.end()
-        ids.extend(self._tokenize_text(text[position:]))
-        tokens = np.array(ids, dtype=np.int64)
-        if self.detokenize(tokens) != data:
-            raise TokenizationError("the tokenizer cannot represent these bytes exactly")
-        return tokens
+        runs.append(self._tokenize_text(text[position:]))
+        merged: list[tuple[bytes, np.ndarray | None]] = []
+        for raw, ids in runs:
+            if not raw:
+                continue
+            if merged and (ids is None) == (merged[-1][1] is None):
+                previous_raw, previous_ids = merged[-1]
+                merged[-1] = (previous_raw + raw, None if ids is None else np.concatenate([previous_ids, ids]))
+            else:
+                merged.append((raw, None if ids is None else np.array(ids, dtype=np.int64)))
+        for raw, ids in merged:
+            if ids is not None and self.detokenize(ids) != raw:
+                raise TokenizationError("tokenisation is not byte-exact")  # a bug, never expected
+        return merged
 
     def detokenize(self, tokens) -> bytes:
         try:
@@ -100,18 +118,16 @@ class ByteTokenizer:
         except (TypeError, IndexError):
             raise TokenizationError("a token id stands for no bytes") from None
 
-    def _tokenize_text(self, text: str) -> list[int]:
-        if not text:
-            return []
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+    def _tokenize_text(self, text: str) -> tuple[bytes, list[int] | None]:
         expected = text.encode("utf-8")
+        if not text:
+            return expected, []
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if all(0 <= token < self.vocab_size and self.token_bytes[token] is not None for token in ids):
             if b"".join(self.token_bytes[token] for token in ids) == expected:
-                return ids
+                return expected, ids
         return self._bytes_as_tokens(expected)
 
-    def _bytes_as_tokens(self, data: bytes) -> list[int]:
+    def _bytes_as_tokens(self, data: bytes) -> tuple[bytes, list[int] | None]:
         ids = [self.byte_tokens[byte] for byte in data]
-        if any(token is None for token in ids):
-            raise TokenizationError("the tokenizer has no token for some byte values")
-        return ids
+        return data, None if any(token is None for token in ids) else ids

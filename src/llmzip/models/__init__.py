@@ -90,7 +90,7 @@ def load_model(name_or_path: str) -> LoadedModel:
     if name_or_path in builtin_names() and not path.exists():
         path, source, name = BUILTIN_DIRECTORY / name_or_path, "builtin", name_or_path
     elif path.exists():
-        source, name = None, str(name_or_path)
+        source, name = None, path.resolve().name  # the file records a name, never a machine's path
     else:
         installed = ", ".join(builtin_names()) or "none installed"
         raise ModelError(f"model '{name_or_path}' not found: not a built-in model ({installed}) nor an existing path")

@@ -49,11 +49,18 @@ def load_huggingface(path: Path, name: str) -> LoadedModel:
         location, options = str(path.parent), {"gguf_file": path.name}
     else:
         location, options = str(path), {}
+    hidden_bars = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # GGUF conversion draws its own progress bars
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **options)
         model = transformers.AutoModelForCausalLM.from_pretrained(location, local_files_only=True, dtype="float32", **options)
     except Exception as error:  # transformers raises many kinds for unusable directories
         raise ModelError(f"cannot load a causal language model from {path}: {error}") from None
+    finally:
+        if hidden_bars is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = hidden_bars
     model.eval()
     backend_tokenizer = getattr(tokenizer, "backend_tokenizer", None)
     if backend_tokenizer is None:
