@@ -143,6 +143,8 @@ class StreamEncoder:
             # The decoder will batch only the model-coded chunks; recode them in that batch shape.
             recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k]))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
+        if not any(keep):
+            return [_raw_chunk(b"".join(raw for raw, _ in group))]
         if self.xz_fallback:
             model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
             if self.model_settings is not None:  # the first model-coded group also pays for the model record
@@ -233,7 +235,7 @@ class StreamDecoder:
         self._tokenizer = None
         self.model_settings: dict | None = None
         self.chunk_tokens = 0
-        self.batch_size = 1
+        self.batch_size = container.MAX_GROUP_CHUNKS  # until the model record sets the file's own limit
 
     def __iter__(self) -> Iterator[bytes]:
         digest = hashlib.sha256()

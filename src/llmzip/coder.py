@@ -67,7 +67,12 @@ def encode(symbols: np.ndarray, weights: np.ndarray) -> bytes:
 
 
 def code_length_bits(symbols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The ideal cost −log2 p of each symbol under its row (the cross-entropy bound)."""
+    """The ideal cost −log2 p of each symbol under its row (the cross-entropy bound).
+
+    A probability below the coder's smallest count (2^-precision) is counted at that floor,
+    since the coder gives every symbol at least that much.
+    """
     rows = _as_rows(weights)
-    chosen = rows[np.arange(len(symbols)), symbols]
-    return np.log2(rows.sum(axis=1)) - np.log2(chosen)
+    totals = rows.sum(axis=1)
+    chosen = np.maximum(rows[np.arange(len(symbols)), symbols], totals * 2.0 ** -CODER_SETTINGS["precision"])
+    return np.log2(totals) - np.log2(chosen)
