@@ -566,8 +566,8 @@ def markdown_report(results: Results) -> str:
               "- **ratio**: raw bytes / compressed bytes.",
               "- **size-adjusted**: (compressed bytes + model bytes) / raw bytes; model bytes are the model's files "
               "on disk. Classical compressors count no model.",
-              "- **compress / decompress**: raw bytes per second of one run, model loading excluded; "
-              "classical compressors on one thread.",
+              "- **compress / decompress**: raw bytes per second of one run; loading the model is excluded, setting "
+              "up the decoder's engine is included (as in `llmzip -d`); classical compressors on one thread.",
               "- Totals (**bold**) add bytes and seconds over the files of a corpus.", ""]
     return "\n".join(lines)
 
@@ -659,7 +659,8 @@ def plot_bits_per_byte(results: Results, path: Path) -> None:
     published = [row for row in results.rows if row["scope"] == "published"]
     series = labels + ([PUBLISHED_LABEL] if published else [])
     width = 0.8 / max(len(series), 1)
-    figure, axes = pyplot.subplots(figsize=(max(7.0, 3.0 + len(scopes) * (0.35 + 0.18 * len(series))), 4.5))
+    width_inches = min(18.0, max(7.0, 2.5 + len(scopes) * (0.2 + 0.1 * len(series))))
+    figure, axes = pyplot.subplots(figsize=(width_inches, 5.0))
     for index, label in enumerate(series):
         heights = []
         for scope_row in scopes:
