@@ -46,12 +46,15 @@ def make_model_directory(directory: Path, *, seed: int = 0, context_length: int 
     tokens = Tokenizer.from_str(tokenizer_json).encode(SAMPLE_TEXT * 4).ids
     windows = torch.tensor([[0] + tokens[start : start + context_length - 1] for start in range(0, len(tokens) - context_length, 7)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only wait on each other, badly so on a busy machine
     for _ in range(train_steps):
         logits = model(windows[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), windows[:, 1:].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    torch.set_num_threads(threads)
     save_model_directory(directory, model.eval(), tokenizer_json)
     return directory
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
@@ -95,8 +96,15 @@ class Decompressor:
     def __init__(self, *, model: str | None = None, device: str | None = None):
         self.model_override = model
         self.device = device
+        self._engines: dict[str, tuple] = {}  # model record -> (engine, tokenizer), reused across files
 
     def _engine_for(self, header: dict):
+        key = json.dumps(header, sort_keys=True)
+        if key not in self._engines:
+            self._engines[key] = self._build_engine(header)
+        return self._engines[key]
+
+    def _build_engine(self, header: dict):
         recorded_model = header.get("model")
         if not isinstance(recorded_model, dict) or not isinstance(header.get("engine"), dict):
             raise CorruptError("the header is damaged (model or engine missing)")
