@@ -79,18 +79,35 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:
         return int(exit.code or 0)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+    _signals_received.clear()
+    previous_handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_signal)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored
+        previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _on_signal)
     try:
         return Runner(args).run()
     except UsageError as error:
         print(f"llmzip: {error}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signal_number, handler in previous_handlers.items():
+            signal.signal(signal_number, handler)
 
 
-def _raise_interrupted(signum, frame):
+# The exception a signal raises is lost when it lands in a finaliser (__del__) and the run would
+# go on to finish; the record here is not, and is checked before every group and before the rename.
+_signals_received: list[int] = []
+
+
+def _on_signal(signum, frame):
+    _signals_received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Interrupted("terminated")
+
+
+def _check_signals() -> None:
+    if _signals_received:
+        raise KeyboardInterrupt
 
 
 def _run_subcommand(name: str, argv: list[str]) -> int:
@@ -149,6 +166,7 @@ class Runner:
                         self.test_file(name)
                     else:
                         self.convert_file(name)
+                _check_signals()
             except KeyboardInterrupt:
                 print("llmzip: interrupted", file=sys.stderr)
                 return 1
@@ -217,14 +235,19 @@ class Runner:
         with _open_input(name) as source:
             size = _input_size(source)
             progress = self._progress_bar(size, name)
+
+            def update(count: int) -> None:
+                _check_signals()
+                progress.update(count)
+
             try:
                 with _atomic_output(target, like=None if name == "-" else name) as destination:
                     if compressing:
-                        summary = self.compressor.copy_stream(source, destination, content_size=size, progress=progress.update)
+                        summary = self.compressor.copy_stream(source, destination, content_size=size, progress=update)
                         in_size, out_size = summary.content_size, _written(destination, summary)
                     else:
                         in_size = size or 0
-                        out_size = self.decompressor.copy_stream(source, destination, progress=progress.update)
+                        out_size = self.decompressor.copy_stream(source, destination, progress=update)
             finally:
                 progress.close()
         if args.remove and name != "-" and target is not None:
@@ -349,6 +372,7 @@ def _atomic_output(target: str | None, like: str | None):
             yield destination
             destination.flush()
             os.fsync(destination.fileno())
+        _check_signals()
         if like is not None:
             shutil.copystat(like, temporary)
         os.replace(temporary, target)
