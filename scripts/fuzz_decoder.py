@@ -1,0 +1,387 @@
+#!/usr/bin/env python3
+"""Fuzz the llmzip decoder: every damaged file must decode to the exact original or fail cleanly.
+
+Seeds are small files compressed with a tiny native model: empty, one byte, stored, xz-only,
+model-coded (several groups) and text inside binary data (one xz block). Each input is a seed after one mutation:
+bit flips, byte changes, insertions, deletions, truncation, concatenation or splicing of two
+seeds. One input in four then has every checksum recomputed ("repaired"), so the damage
+reaches the code behind the CRC checks: record lengths, chunk tables, JSON fields of the
+header and model record, range-coded payloads fed to the model, the final SHA-256.
+
+An input passes when decoding returns exactly the seed's original bytes (or another seed's,
+when a splice happens to form that seed's complete stream), or raises
+llmzip.LLMZipError (truncations: TruncatedError, an EOFError, or LLMZipError). Anything else
+is a finding: another exception, wrong output, an input using more CPU time than --time-limit, or peak
+memory growing past --memory-limit-mb. Findings are saved under --findings.
+
+Decoding a model-coded group runs the model, which is slow next to a CRC check; groups that
+reach the model are memoised by (engine settings, payloads, token counts), so each distinct
+group is decoded by the model once and repeated copies cost a lookup (--no-memo disables it).
+
+    python scripts/fuzz_decoder.py --inputs 1000000 [--model DIR] [--seed 0] [--jobs 1]
+
+Without --model, a tiny random model is built in a temporary directory (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import resource
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import llmzip
+from llmzip import codec, container
+from llmzip.errors import LLMZipError, TruncatedError
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+WORDS = ("the quick brown fox jumps over lazy dog language models predict next token an arithmetic coder turns "
+         "predictions into bits and tabs newlines emoji 红楼梦 是 中国 古典 小说 Ünïcödé").split()
+INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF)
+INTERESTING_VALUES = (0, 1, -1, 2, 1023, 1024, 1025, 65535, 2**31, 2**32, 2**63, 10**30, 1.5, "x", "cuda", "meta",
+                      None, True, [], {})
+
+
+class InputTimeout(BaseException):
+    """Raised from SIGPROF when one input uses more CPU time than the limit."""
+
+
+def build_tiny_model(directory: Path) -> str:
+    sys.path.insert(0, str(REPOSITORY / "tests"))
+    from conftest import make_model_directory
+
+    return str(make_model_directory(directory / "tiny"))
+
+
+def make_seeds(model: str, *, seed: int = 0) -> list[tuple[str, bytes, bytes]]:
+    """(name, original, compressed) for a few small files covering every chunk kind and record."""
+    rng = random.Random(seed)
+    text = " ".join(rng.choice(WORDS) for _ in range(70)).encode()
+    binary = bytes(rng.randrange(256) for _ in range(300))
+    compressible = (b"\x00\x01\x02 header \x00" + bytes(range(40))) * 12
+    # Without the xz fallback, so that a random tiny model still codes the text chunks itself.
+    compressor = llmzip.Compressor(model=model, engine="float", device="cpu", chunk_tokens=16, batch_size=3, threads=1,
+                                   xz_fallback=False)
+    originals = {
+        "empty": b"",
+        "one byte": b"x",
+        "stored": binary,
+        "xz": compressible,
+        "model": text,
+        "text in binary": text[:120] + compressible + binary[:60] + text[120:200],
+    }
+    seeds = [(name, original, compressor.compress(original)) for name, original in originals.items()]
+    for name, original, packed in seeds:
+        if llmzip.decompress(packed, model=model) != original:
+            raise SystemExit(f"seed {name} does not round-trip")
+    chunks = {name: llmzip.info(packed).chunks for name, _, packed in seeds}
+    if not chunks["model"]["model"] or not chunks["stored"]["stored"] or not chunks["xz"]["xz"]:
+        raise SystemExit(f"the seeds do not cover every chunk kind: {chunks}")
+    return seeds
+
+
+# Structure-aware help: find the records and recompute their checksums after a mutation.
+
+def repair_checksums(data: bytearray) -> bytearray:
+    """Rewrite every CRC the damaged structure still lets us locate; stop where it stops parsing."""
+    if len(data) < container._PREAMBLE.size + 4 or data[:4] != container.MAGIC:
+        return data
+    _, _, length = container._PREAMBLE.unpack_from(data, 0)
+    end = container._PREAMBLE.size + length
+    if end + 4 > len(data):
+        return data
+    struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
+    position = end + 4
+    while position < len(data):
+        tag = data[position : position + 1]
+        if tag == container.MODEL_TAG:
+            if position + 5 > len(data):
+                return data
+            (length,) = struct.unpack_from("<I", data, position + 1)
+            end = position + 5 + length
+        elif tag == container.END_TAG:
+            end = position + 1 + container._END.size
+        elif tag == container.GROUP_TAG:
+            if position + 3 > len(data):
+                return data
+            (count,) = struct.unpack_from("<H", data, position + 1)
+            end = position + 3 + count * container._CHUNK.size
+            if end + 4 > len(data):
+                return data
+            struct.pack_into("<I", data, end, zlib.crc32(data[position:end]))
+            payload_length = sum(container._CHUNK.unpack_from(data, position + 3 + index * container._CHUNK.size)[3]
+                                 for index in range(count))
+            position = end + 4
+            end = position + payload_length
+        else:
+            return data
+        if end + 4 > len(data):
+            return data
+        struct.pack_into("<I", data, end, zlib.crc32(data[position:end]))
+        position = end + 4
+    return data
+
+
+def mutate_json_field(data: bytearray, rng: random.Random) -> bytearray:
+    """Set one field of the header or the model record to an odd value, keeping the lengths consistent."""
+    records = []  # (start of body, body length, offset of the length field)
+    _, _, length = container._PREAMBLE.unpack_from(data, 0)
+    records.append((container._PREAMBLE.size, length, 5))
+    position = container._PREAMBLE.size + length + 4
+    while position < len(data) and data[position : position + 1] == container.GROUP_TAG:
+        (count,) = struct.unpack_from("<H", data, position + 1)
+        table = position + 3
+        payload_length = sum(container._CHUNK.unpack_from(data, table + i * container._CHUNK.size)[3] for i in range(count))
+        position = table + count * container._CHUNK.size + 4 + payload_length + 4
+    if data[position : position + 1] == container.MODEL_TAG:
+        (length,) = struct.unpack_from("<I", data, position + 1)
+        records.append((position + 5, length, position + 1))
+    start, length, length_at = rng.choice(records)
+    record = json.loads(bytes(data[start : start + length]))
+    paths = [(key,) for key in record] + [(key, inner) for key, value in record.items() if isinstance(value, dict)
+                                          for inner in value]
+    if not paths:
+        return data
+    path = rng.choice(paths)
+    target = record
+    for key in path[:-1]:
+        target = target[key]
+    if rng.random() < 0.2:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = rng.choice(INTERESTING_VALUES)
+    body = container._json_bytes(record)
+    data[start : start + length] = body
+    struct.pack_into("<I", data, length_at, len(body))
+    return data
+
+
+def mutate(seeds, rng: random.Random) -> tuple[str, int, bytes]:
+    """A mutation's name, the index of the seed whose original it must decode to, and the input."""
+    index = rng.randrange(len(seeds))
+    data = bytearray(seeds[index][2])
+    kind = rng.choice(("flip", "flip", "byte", "insert", "delete", "truncate", "concatenate", "splice", "duplicate"))
+    if kind == "flip":
+        for _ in range(rng.choice((1, 1, 1, 2, 3, 8))):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == "byte":
+        for _ in range(rng.choice((1, 1, 2, 4))):
+            data[rng.randrange(len(data))] = rng.choice(INTERESTING_BYTES + (rng.randrange(256),))
+    elif kind == "insert":
+        where = rng.randrange(len(data) + 1)
+        size = rng.choice((1, 2, 4, 8, 17, 64))
+        if rng.random() < 0.5:
+            inserted = bytes(rng.randrange(256) for _ in range(size))
+        else:
+            start = rng.randrange(len(data))
+            inserted = bytes(data[start : start + size])
+        data[where:where] = inserted
+    elif kind == "delete":
+        start = rng.randrange(len(data))
+        del data[start : start + rng.choice((1, 1, 2, 4, 17, 64))]
+    elif kind == "truncate":
+        del data[rng.randrange(len(data)) :]
+    elif kind == "concatenate":
+        data += rng.choice(seeds)[2] if rng.random() < 0.7 else bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+    elif kind == "splice":
+        other = rng.choice(seeds)[2]
+        data = data[: rng.randrange(len(data))] + other[rng.randrange(len(other)) :]
+    elif kind == "duplicate":
+        start = rng.randrange(len(data))
+        piece = data[start : start + rng.randrange(1, 200)]
+        data[start:start] = piece
+    if rng.random() < 0.25:
+        if kind in ("flip", "byte") and rng.random() < 0.3:
+            try:
+                data = mutate_json_field(bytearray(seeds[index][2]), rng)
+                kind = "json"
+            except (ValueError, struct.error, KeyError, TypeError):
+                pass
+        data = repair_checksums(data)
+        kind += "+repaired"
+    return kind, index, bytes(data)
+
+
+def install_memo() -> tuple[dict, Callable[[], None]]:
+    """Memoise model decoding by group content (the decoder is a pure function of it); returns (stats, undo)."""
+    original = codec.decode_chunks
+    memo: dict = {}
+    stats = {"hits": 0, "misses": 0}
+
+    def decode_chunks(engine, records):
+        key = (json.dumps(engine.settings, sort_keys=True, default=str),
+               tuple((record.payload, record.token_count) for record in records))
+        if key in memo:
+            stats["hits"] += 1
+        else:
+            stats["misses"] += 1
+            if len(memo) > 20000:
+                memo.clear()
+            memo[key] = [tokens.copy() for tokens in original(engine, records)]
+        return [tokens.copy() for tokens in memo[key]]
+
+    codec.decode_chunks = decode_chunks
+
+    def undo() -> None:
+        codec.decode_chunks = original
+
+    return stats, undo
+
+
+def _on_alarm(signum, frame):
+    raise InputTimeout()
+
+
+def check_one(decompressor, data: bytes, original: bytes, time_limit: float,
+              other_originals: frozenset = frozenset()) -> tuple[str, str]:
+    """('ok-exact' | 'ok-other-original' | 'ok-error' | a finding's kind, detail).
+
+    The time limit is CPU time (ITIMER_PROF), so a machine busy with other work does not turn
+    a slow input into a false hang. A splice can form a complete, valid stream of another
+    seed; decoding it to that seed's exact original is correct.
+    """
+    signal.setitimer(signal.ITIMER_PROF, time_limit)
+    try:
+        output = decompressor.decompress(data)
+    except InputTimeout:
+        return "timeout", f"ran past {time_limit} s"
+    except TruncatedError as error:
+        return "ok-error", f"TruncatedError: {error}"
+    except LLMZipError as error:
+        return "ok-error", f"{type(error).__name__}: {error}"
+    except Exception as error:  # the point of the fuzzer: anything else is a bug
+        return "exception", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+    if output != original and output in other_originals:
+        return "ok-other-original", "the exact original of another seed"
+    if output != original:
+        return "wrong-output", f"decoded {len(output)} bytes that differ from the {len(original)}-byte original"
+    return "ok-exact", "the original"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fuzz(model: str, *, inputs: int, seed: int = 0, time_limit: float = 20.0, memory_limit_mb: float = 2048,
+         findings_directory: Path | None = None, memo: bool = True, report_every: float = 0,
+         seeds: list | None = None) -> dict:
+    """Run `inputs` mutated inputs; returns counts by outcome, findings and timings."""
+    seeds = seeds if seeds is not None else make_seeds(model)
+    memo_stats, undo_memo = install_memo() if memo else ({}, lambda: None)
+    previous_handler = signal.signal(signal.SIGPROF, _on_alarm)
+    originals = frozenset(original for _, original, _ in seeds)
+    decompressor = llmzip.Decompressor(model=model, device="cpu")
+    rng = random.Random(seed)
+    outcomes, kinds, messages = Counter(), Counter(), Counter()
+    findings = []
+    started = last_report = time.monotonic()
+    slowest = 0.0
+    baseline_rss = peak_rss_mb()
+    try:
+        for number in range(inputs):
+            kind, index, data = mutate(seeds, rng)
+            before = time.monotonic()
+            outcome, detail = check_one(decompressor, data, seeds[index][1], time_limit, originals)
+            slowest = max(slowest, time.monotonic() - before)
+            outcomes[outcome] += 1
+            kinds[kind] += 1
+            if outcome == "ok-error":
+                messages[detail.split(" (")[0][:90]] += 1
+            if peak_rss_mb() - baseline_rss > memory_limit_mb and not any(f["kind"] == "memory" for f in findings):
+                outcome, detail = "memory", f"peak RSS grew to {peak_rss_mb():.0f} MB"
+            if not outcome.startswith("ok"):
+                name = hashlib.sha256(data).hexdigest()[:16]
+                findings.append({"kind": outcome, "mutation": kind, "seed": seeds[index][0], "input": name,
+                                 "detail": detail[:2000]})
+                if findings_directory is not None:
+                    findings_directory.mkdir(parents=True, exist_ok=True)
+                    (findings_directory / f"{outcome}-{name}.llmz").write_bytes(data)
+            if report_every and time.monotonic() - last_report > report_every:
+                last_report = time.monotonic()
+                print(f"{number + 1} inputs, {last_report - started:.0f} s, {dict(outcomes)}", flush=True)
+    finally:
+        signal.signal(signal.SIGPROF, previous_handler)
+        undo_memo()
+    return {
+        "inputs": inputs,
+        "seconds": round(time.monotonic() - started, 1),
+        "outcomes": dict(outcomes),
+        "mutations": dict(kinds),
+        "errors": dict(messages.most_common(40)),
+        "findings": findings[:200],
+        "finding_count": len(findings),
+        "slowest_input_seconds": round(slowest, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "memo": memo_stats,
+    }
+
+
+def _worker(arguments) -> dict:
+    model, inputs, seed, options = arguments
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    return fuzz(model, inputs=inputs, seed=seed, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", type=int, default=10000, help="mutated inputs in all (default 10000)")
+    parser.add_argument("--model", help="native model directory (default: build a tiny random one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, each with its own random seed")
+    parser.add_argument("--time-limit", type=float, default=20.0, help="CPU seconds one input may take")
+    parser.add_argument("--memory-limit-mb", type=float, default=2048, help="peak RSS growth that counts as a finding")
+    parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"), help="where failing inputs are saved")
+    parser.add_argument("--no-memo", dest="memo", action="store_false", help="run the model for every model-coded group")
+    parser.add_argument("--report", type=Path, help="write the summary as JSON here too")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model or build_tiny_model(Path(scratch))
+        options = {"time_limit": args.time_limit, "memory_limit_mb": args.memory_limit_mb,
+                   "findings_directory": args.findings, "memo": args.memo, "report_every": 60}
+        shares = [args.inputs // args.jobs + (job < args.inputs % args.jobs) for job in range(args.jobs)]
+        work = [(model, share, args.seed * 1000 + job, options) for job, share in enumerate(shares)]
+        if args.jobs == 1:
+            results = [_worker(work[0])]
+        else:
+            with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+                results = pool.map(_worker, work)
+    summary = {
+        "inputs": sum(r["inputs"] for r in results),
+        "seconds": max(r["seconds"] for r in results),
+        "jobs": args.jobs,
+        "outcomes": sum((Counter(r["outcomes"]) for r in results), Counter()),
+        "mutations": sum((Counter(r["mutations"]) for r in results), Counter()),
+        "errors": sum((Counter(r["errors"]) for r in results), Counter()).most_common(25),
+        "finding_count": sum(r["finding_count"] for r in results),
+        "findings": [f for r in results for f in r["findings"]][:50],
+        "slowest_input_seconds": max(r["slowest_input_seconds"] for r in results),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "memo": [r["memo"] for r in results],
+    }
+    text = json.dumps(summary, indent=2, ensure_ascii=False, default=str)
+    print(text)
+    if args.report:
+        args.report.write_text(text + "\n")
+    return 1 if summary["finding_count"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Nothing lost: damaged files fail cleanly, interrupted or failed runs leave no partial output,
+wrong models are named, and concurrent use does not interfere. See RELIABILITY.md."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+import llmzip
+from llmzip import cli, container
+from llmzip.errors import FormatError, LLMZipError, ModelError, TruncatedError
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPOSITORY / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz_decoder = _load_script("fuzz_decoder")
+TEXT = " ".join(fuzz_decoder.WORDS[index * 7 % len(fuzz_decoder.WORDS)] for index in range(30)).encode()
+
+
+@pytest.fixture(scope="module")
+def seeds(tiny_model):
+    return fuzz_decoder.make_seeds(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def sample(seeds):
+    """A small file (about 1.3 KB) holding a model record and several model-coded groups."""
+    name, original, packed = next(seed for seed in seeds if seed[0] == "model")
+    assert llmzip.info(packed).chunks["model"] > 3
+    return original, packed
+
+
+def _cli_environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY / "src")}
+
+
+def _llmzip_command(*arguments) -> list[str]:
+    return [sys.executable, "-m", "llmzip.cli", *arguments]
+
+
+# 1. Fuzzing: a short run of scripts/fuzz_decoder.py.
+
+def test_short_fuzz_run_finds_nothing(tiny_model, seeds):
+    report = fuzz_decoder.fuzz(tiny_model, inputs=2000, seed=7, seeds=seeds, time_limit=20)
+    assert report["finding_count"] == 0, report["findings"][:3]
+    assert report["outcomes"].get("ok-error", 0) > 1000  # most damage is caught, as it should be
+
+
+def test_repaired_checksums_reach_the_checks_behind_them(seeds):
+    name, original, packed = next(seed for seed in seeds if seed[0] == "stored")
+    damaged = bytearray(packed)
+    damaged[-60] ^= 0x01  # inside the stored payload
+    damaged = fuzz_decoder.repair_checksums(damaged)
+    with pytest.raises(LLMZipError, match="chunk decoded to the wrong bytes"):
+        llmzip.decompress(bytes(damaged))
+
+
+# 2. Corruption: every bit flip and every truncation of a small sample.
+
+def test_every_bit_flip_is_detected(tiny_model, sample):
+    original, packed = sample
+    decompressor = llmzip.Decompressor(model=tiny_model, device="cpu")
+    assert decompressor.decompress(packed) == original
+    # Flips after the model-coded group decode it again; it is memoised so the model runs once.
+    stats, undo = fuzz_decoder.install_memo()
+    try:
+        for position in range(len(packed)):
+            for bit in range(8):
+                damaged = bytearray(packed)
+                damaged[position] ^= 1 << bit
+                with pytest.raises(LLMZipError):
+                    decompressor.decompress(bytes(damaged))
+    finally:
+        undo()
+    assert stats["misses"] <= llmzip.info(packed).chunks["model"]  # each group once, at most
+
+
+def test_every_truncation_is_detected(tiny_model, sample):
+    original, packed = sample
+    decompressor = llmzip.Decompressor(model=tiny_model, device="cpu")
+    stats, undo = fuzz_decoder.install_memo()
+    try:
+        for length in range(len(packed)):
+            with pytest.raises((TruncatedError, LLMZipError)):
+                decompressor.decompress(packed[:length])
+            if length >= 9:  # past magic and version, a cut file says it was cut
+                with pytest.raises(TruncatedError):
+                    decompressor.decompress(packed[:length])
+    finally:
+        undo()
+
+
+# 3. Interruption and a full disk.
+
+def _leftovers(directory: Path, names) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name not in names)
+
+
+def _wait_for_partial(directory: Path, process, minimum_size: int = 0, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        partials = [path for path in directory.iterdir() if path.name.endswith(".partial")]
+        if partials and partials[0].stat().st_size >= minimum_size:
+            return
+        assert process.poll() is None, process.communicate()[1].decode()
+        time.sleep(0.05)
+    raise AssertionError("the process never started writing")
+
+
+def _interrupt(process, directory: Path, signal_number, minimum_size: int, delay: float) -> str:
+    try:
+        _wait_for_partial(directory, process, minimum_size)
+        time.sleep(delay)
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0, stderr.decode()
+    return stderr.decode()
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_compression_leaves_no_partial_output(tiny_model, tmp_path, signal_number):
+    text = " ".join(fuzz_decoder.WORDS[index * 7 % len(fuzz_decoder.WORDS)] for index in range(40000)).encode()[:200_000]
+    (tmp_path / "input.txt").write_bytes(text)
+    process = subprocess.Popen(_llmzip_command("-m", tiny_model, "--engine", "float", "-T", "1", "input.txt"),
+                               cwd=tmp_path, env=_cli_environment(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    message = _interrupt(process, tmp_path, signal_number, 0, delay=0.5)  # well into model inference
+    assert "interrupted" in message
+    assert _leftovers(tmp_path, {"input.txt"}) == []
+    assert (tmp_path / "input.txt").read_bytes() == text
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_decompression_leaves_no_partial_output(tiny_model, tmp_path, signal_number):
+    """Decompression from a pipe, stopped after it wrote the first 1 MiB group and waits for the rest."""
+    packed = llmzip.compress(bytes(2 << 20), model=tiny_model, engine="float")  # two 1 MiB xz groups
+    process = subprocess.Popen(_llmzip_command("-d", "-m", tiny_model, "-o", "output.bin"), cwd=tmp_path,
+                               env=_cli_environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdin.write(packed[: len(packed) // 2 + 64])
+    process.stdin.flush()
+    assert "interrupted" in _interrupt(process, tmp_path, signal_number, 1 << 20, delay=0)
+    assert _leftovers(tmp_path, set()) == []
+
+
+def test_a_signal_whose_exception_was_lost_still_stops_the_run(tiny_model, tmp_path, monkeypatch, capsys):
+    """A signal landing in a finaliser (__del__) loses its exception; the run must still stop."""
+    source = tmp_path / "input.bin"
+    source.write_bytes(bytes(range(256)) * 100)
+    real_copy_stream = llmzip.Compressor.copy_stream
+
+    def copy_stream(self, *args, **kwargs):
+        cli._signals_received.append(signal.SIGTERM)  # as if the handler ran and its exception vanished
+        return real_copy_stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(llmzip.Compressor, "copy_stream", copy_stream)
+    assert cli.main(["-m", tiny_model, "--engine", "float", "-T", "1", str(source)]) == 1
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.bin"]
+
+
+class _DiskFull:
+    """A file whose writes fail with ENOSPC once `capacity` bytes are written."""
+
+    def __init__(self, stream, capacity: int):
+        self.stream, self.capacity, self.written = stream, capacity, 0
+
+    def write(self, data) -> int:
+        if self.written + len(data) > self.capacity:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return self.stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stream.close()
+
+
+def test_full_disk_leaves_no_partial_output(tiny_model, tmp_path, monkeypatch, capsys):
+    data = bytes(range(256)) * 1200  # 300 KiB that compress to a few KiB, written in several groups
+    source = tmp_path / "input.bin"
+    source.write_bytes(os.urandom(300_000))
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(cli.os, "fdopen", lambda *args, **kwargs: _DiskFull(real_fdopen(*args, **kwargs), 64 << 10))
+    status = cli.main(["-q", "-m", tiny_model, "--engine", "float", "-T", "1", str(source)])
+    assert status == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.bin"]
+    # Decompression onto a full disk, likewise.
+    monkeypatch.undo()
+    packed = tmp_path / "packed.llmz"
+    packed.write_bytes(llmzip.compress(data, model=tiny_model, engine="float"))
+    monkeypatch.setattr(cli.os, "fdopen", lambda *args, **kwargs: _DiskFull(real_fdopen(*args, **kwargs), 64 << 10))
+    assert cli.main(["-d", "-q", str(packed)]) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["input.bin", "packed.llmz"]
+
+
+def test_full_tmpfs_leaves_no_partial_output(tiny_model, tmp_path, capsys):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                                 capture_output=True).returncode == 0
+    except OSError:
+        mounted = False
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        source = tmp_path / "input.bin"
+        source.write_bytes(os.urandom(300_000))  # stored raw: the output outgrows 64 KiB
+        status = cli.main(["-q", "-m", tiny_model, "--engine", "float", "-T", "1", "-o",
+                           str(mount_point / "input.bin.llmz"), str(source)])
+        assert status == 1
+        assert "No space left on device" in capsys.readouterr().err
+        assert list(mount_point.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+# 5. Wrong or missing model, newer format.
+
+def test_wrong_model_names_the_one_needed(tiny_model, other_model, tmp_path, capsys):
+    packed = tmp_path / "made-with-other.llmz"
+    packed.write_bytes(llmzip.compress(TEXT, model=other_model, engine="float", chunk_tokens=8, batch_size=2,
+                                       xz_fallback=False))
+    assert llmzip.info(packed.read_bytes()).model_settings is not None
+    fingerprint = llmzip.models.load_model(other_model).fingerprint
+    assert cli.main(["-t", "-m", tiny_model, str(packed)]) == 1
+    message = capsys.readouterr().err
+    assert f"needs model '{Path(other_model).name}'" in message and fingerprint[:12] in message
+    assert "--model PATH" in message
+    assert "is not the one this file was made with" in message
+
+
+def test_missing_model_names_the_one_needed(tiny_model, tmp_path, capsys):
+    copy = tmp_path / "model-copy"
+    shutil.copytree(tiny_model, copy)
+    packed = tmp_path / "packed.llmz"
+    packed.write_bytes(llmzip.compress(TEXT, model=str(copy), engine="float", chunk_tokens=8, batch_size=2,
+                                       xz_fallback=False))
+    assert llmzip.info(packed.read_bytes()).model_settings is not None
+    fingerprint = llmzip.models.load_model(str(copy)).fingerprint
+    shutil.rmtree(copy)
+    assert cli.main(["-t", str(packed)]) == 1
+    message = capsys.readouterr().err
+    assert f"needs model '{copy.name}'" in message and fingerprint[:12] in message and "--model PATH" in message
+    with pytest.raises(ModelError, match="needs model"):
+        llmzip.decompress(packed.read_bytes())
+
+
+def test_newer_format_version_is_refused(seeds, tmp_path, capsys):
+    damaged = bytearray(next(seed for seed in seeds if seed[0] == "stored")[2])
+    damaged[4] = container.FORMAT_VERSION + 1
+    _, _, length = struct.unpack_from("<4sBI", damaged)
+    struct.pack_into("<I", damaged, 9 + length, zlib.crc32(damaged[: 9 + length]))
+    with pytest.raises(FormatError, match=f"version {container.FORMAT_VERSION + 1}, newer.*upgrade llmzip"):
+        llmzip.decompress(bytes(damaged))
+    path = tmp_path / "future.llmz"
+    path.write_bytes(bytes(damaged))
+    assert cli.main(["-t", str(path)]) == 1
+    assert "upgrade llmzip" in capsys.readouterr().err
+
+
+# 6. Concurrency.
+
+def test_two_processes_compress_into_one_directory(tiny_model, tmp_path):
+    inputs = {f"file{index}.bin": bytes([index]) * 100_000 + os.urandom(1000) for index in range(2)}
+    for name, data in inputs.items():
+        (tmp_path / name).write_bytes(data)
+    processes = [subprocess.Popen(_llmzip_command("-q", "-m", tiny_model, "--engine", "float", "-T", "1", name),
+                                  cwd=tmp_path, env=_cli_environment(), stderr=subprocess.PIPE) for name in inputs]
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read().decode()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*inputs, *(name + ".llmz" for name in inputs)])
+    for name, data in inputs.items():
+        assert llmzip.decompress((tmp_path / (name + ".llmz")).read_bytes()) == data
+
+
+def test_threads_with_their_own_compressor_share_a_model(tiny_model):
+    texts = [" ".join(fuzz_decoder.WORDS[(index * step) % len(fuzz_decoder.WORDS)] for index in range(120)).encode()
+             for step in (3, 5, 7)]
+    options = dict(model=tiny_model, engine="float", device="cpu", chunk_tokens=16, batch_size=3, threads=1)
+    expected = [llmzip.Compressor(**options).compress(text) for text in texts]
+    results: dict = {}
+
+    def work(index: int) -> None:
+        compressor = llmzip.Compressor(**options)
+        results[index] = [compressor.compress(texts[index]) for _ in range(2)]
+
+    workers = [threading.Thread(target=work, args=(index,)) for index in range(len(texts))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for index, text in enumerate(texts):
+        assert results[index] == [expected[index]] * 2  # the same bytes as alone, every time
+        assert llmzip.decompress(results[index][0], model=tiny_model) == text
