@@ -82,3 +82,11 @@ def test_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     first = json.loads((tmp_path / "straight.train" / "prequential.json").read_text())
     second = json.loads((tmp_path / "paused.train" / "prequential.json").read_text())
     assert first["steps"] == second["steps"]
+
+
+def test_time_budget_ends_the_run_and_still_writes_a_model(corpus, tmp_path):
+    output = tmp_path / "model"
+    assert train(corpus, output, "--steps", "100000", "--time-budget-minutes", "0.002") == 0
+    log = json.loads((tmp_path / "model.train" / "prequential.json").read_text())
+    assert 0 < len(log["steps"]) < 100000
+    assert load_gpt(output).config.vocab_size <= 300

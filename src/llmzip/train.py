@@ -28,7 +28,9 @@ import json
 import lzma
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +57,10 @@ MODEL_OPTIONS = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")
 # Options that shape the bitstream-relevant result; a resumed run takes them from the work folder.
 RUN_OPTIONS = MODEL_OPTIONS + ("steps", "batch_size", "learning_rate", "min_learning_rate_ratio", "warmup_steps",
                                "weight_decay", "grad_clip", "seed", "qat_fraction", "val_fraction", "val_windows",
-                               "tokenizer_sample_bytes")
+                               "tokenizer_sample_bytes", "time_budget_minutes")
 DEFAULTS = dict(steps=2000, batch_size=16, learning_rate=2e-3, min_learning_rate_ratio=0.1, warmup_steps=100,
                 weight_decay=0.1, grad_clip=1.0, seed=1234, qat_fraction=0.3, val_fraction=0.01, val_windows=128,
-                tokenizer_sample_bytes=24 * 2**20)
+                tokenizer_sample_bytes=24 * 2**20, time_budget_minutes=None)
 
 
 def log(message: str) -> None:
@@ -271,13 +273,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="share of the last steps trained with int8 fake quantisation (default 0.3; 0 turns it off)")
     run.add_argument("--val-fraction", type=float, help="tail of every file held out for validation (default 0.01)")
     run.add_argument("--val-windows", type=int, help="most validation windows scored (default 128)")
+    run.add_argument("--time-budget-minutes", type=float,
+                     help="schedule the learning rate and quantisation by training time instead of steps and stop "
+                          "when it is spent (for shared machines of unknown speed; resuming is then not bit-exact)")
     run.add_argument("--tokenizer-sample-bytes", type=int, help="bytes of text the BPE is trained on")
     machine = parser.add_argument_group("machine")
     machine.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     machine.add_argument("--threads", type=int, help="torch CPU threads")
     machine.add_argument("--compile", action="store_true", help="torch.compile the model")
     machine.add_argument("--max-minutes", type=float, help="stop cleanly (checkpoint + model) after this long")
-    machine.add_argument("--pause-at-step", type=int, help="stop cleanly once this step is reached")
+    machine.add_argument("--pause-at-step", type=int,
+                         help="stop cleanly once this step is reached (with --resume at the current step: only "
+                              "write the model directory again)")
     machine.add_argument("--checkpoint-minutes", type=float, default=5.0)
     machine.add_argument("--snapshot-minutes", type=float, default=15.0,
                          help="write an intermediate model directory to WORK/snapshots this often (0: never)")
@@ -355,9 +362,13 @@ class Run:
                 tokenizer = train_tokenizer(tokenizer_sample(self.files, s["tokenizer_sample_bytes"]), s["vocab_size"])
                 tokenizer_path.write_text(tokenizer.to_str())
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        if not self.args.tokenizer and self.tokenizer.get_vocab_size() != s["vocab_size"]:
-            raise ValueError(f"{tokenizer_path} has {self.tokenizer.get_vocab_size()} tokens, not {s['vocab_size']}; "
-                             "use a new --work-dir for a new vocabulary")
+        request_path = self.work / "tokenizer-request.json"
+        if not request_path.is_file():
+            request_path.write_text(json.dumps({"vocab_size": s["vocab_size"], "tokenizer": str(self.args.tokenizer or "")}) + "\n")
+        requested = json.loads(request_path.read_text())
+        if requested["vocab_size"] != s["vocab_size"] or requested["tokenizer"] != str(self.args.tokenizer or ""):
+            raise ValueError(f"the work folder {self.work} holds a tokenizer made for other settings ({requested}); "
+                             "use a new --work-dir")
         self.byte_lengths = torch.from_numpy(token_byte_lengths(self.tokenizer))
         tokens_path = self.work / "tokens.npz"
         if not tokens_path.is_file():
@@ -380,12 +391,24 @@ class Run:
         peak, floor = s["learning_rate"], s["learning_rate"] * s["min_learning_rate_ratio"]
         if step < s["warmup_steps"]:
             return peak * (step + 1) / s["warmup_steps"]
-        progress = (step - s["warmup_steps"]) / max(1, s["steps"] - s["warmup_steps"])
+        if s.get("time_budget_minutes"):
+            progress = self.trained_seconds / (60 * s["time_budget_minutes"])
+        else:
+            progress = (step - s["warmup_steps"]) / max(1, s["steps"] - s["warmup_steps"])
         return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def quantising(self, step: int) -> bool:
         s = self.settings
-        return s["qat_fraction"] > 0 and step >= round(s["steps"] * (1 - s["qat_fraction"]))
+        if s["qat_fraction"] <= 0:
+            return False
+        if s.get("time_budget_minutes"):
+            return self.trained_seconds >= 60 * s["time_budget_minutes"] * (1 - s["qat_fraction"])
+        return step >= round(s["steps"] * (1 - s["qat_fraction"]))
+
+    def finished(self) -> bool:
+        s = self.settings
+        budget = s.get("time_budget_minutes")
+        return self.step >= s["steps"] or bool(budget and self.trained_seconds >= 60 * budget)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -573,7 +596,7 @@ class Run:
                                 f"({summary['xz_raw_bytes']:,} -> {summary['xz_bytes']:,} bytes)")
         else:
             prequential = "not measured"
-        status = "finished" if self.step >= s["steps"] else f"stopped early at step {self.step} of {s['steps']}"
+        status = "finished" if self.finished() else f"stopped early at step {self.step} of {s['steps']}"
         return f"""# {self.args.output.name}
 
 A native llmzip model (architecture `llmzip-gpt`): a decoder-only transformer with RMSNorm, learned
@@ -620,7 +643,18 @@ To be added.
         last_checkpoint = last_snapshot = started
         last_log, last_log_step = started, self.step
         stop_reason = None
-        while self.step < s["steps"]:
+        interrupted = []
+        previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():  # finish the step, then checkpoint and stop
+            previous_handlers = {number: signal.signal(number, lambda number, frame: interrupted.append(number))
+                                 for number in (signal.SIGINT, signal.SIGTERM)}
+        while not self.finished():
+            if interrupted:
+                stop_reason = f"signal {signal.Signals(interrupted[0]).name}"
+                break
+            if args.pause_at_step is not None and self.step >= args.pause_at_step:
+                stop_reason = f"--pause-at-step {args.pause_at_step} reached"
+                break
             step_start = time.monotonic()
             loss = self.train_step()
             now = time.monotonic()
@@ -641,12 +675,11 @@ To be added.
             if args.max_minutes is not None and now - started >= args.max_minutes * 60:
                 stop_reason = f"--max-minutes {args.max_minutes} reached"
                 break
-            if args.pause_at_step is not None and self.step >= args.pause_at_step:
-                stop_reason = f"--pause-at-step {args.pause_at_step} reached"
-                break
+        for number, handler in previous_handlers.items():
+            signal.signal(number, handler)
         if stop_reason:
             log(f"stopping at step {self.step}: {stop_reason}; continue with --resume")
-        finished = self.step >= s["steps"]
+        finished = self.finished()
         summary = self.write_prequential(with_xz=finished)
         self.plot_prequential(summary)
         validation = self.validation_bits_per_byte()
