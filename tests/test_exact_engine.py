@@ -15,6 +15,8 @@ from llmzip.engine.exact import (
     exp_table,
     integer_sqrt,
     quantise_weight_per_channel,
+    requantise,
+    softmax_weights,
 )
 from llmzip.models.gpt import GPT, GPTConfig
 
@@ -213,3 +215,18 @@ def test_all_zero_weights_are_handled():
     engine = ExactGPTEngine(model)
     tokens = random_tokens(8, 10)
     assert np.array_equal(engine.sequence_weights([tokens])[0], incremental_rows(engine, tokens))
+
+
+def test_in_place_requantise_and_output_rows_match_the_plain_definitions(sharp_engine):
+    """The in-place shortcuts of the row computation give the integers of the plain formulas."""
+    generator = torch.Generator().manual_seed(3)
+    acc = torch.randint(-(2**29), 2**29, (5, sharp_engine.vocab_size), generator=generator)
+    scale = sharp_engine.logit_scale
+    assert torch.equal(requantise(acc.clone(), scale, -7, 7, in_place=True), requantise(acc, scale, -7, 7))
+    x = torch.randint(-(2**22), 2**22, (5, sharp_engine.config.n_embd), generator=generator)
+    logits = requantise(sharp_engine.head(sharp_engine.norm_f(x), 32767), scale)
+    raw = softmax_weights(logits, sharp_engine.output_table)
+    expected = (raw * (2**62 // raw.sum(-1, keepdim=True))) >> 32
+    first_best = torch.where(raw == 2**24, torch.arange(raw.shape[1]), raw.shape[1]).amin(-1)
+    expected[torch.arange(5), first_best] += 2**30 - expected.sum(-1)
+    assert torch.equal(sharp_engine._rows(x), expected)

@@ -114,12 +114,23 @@ def exact_matmul(
     b = b.to(compute_dtype)
     length = a.shape[-1]
     if length <= part:
-        return torch.matmul(a, b).to(torch.int64)
+        return _to_int64(torch.matmul(a, b))
     total = None
     for start in range(0, length, part):
-        piece = torch.matmul(a[..., start : start + part], b[..., start : start + part, :]).to(torch.int64)
+        piece = _to_int64(torch.matmul(a[..., start : start + part], b[..., start : start + part, :]))
         total = piece if total is None else total + piece
     return total
+
+
+def _to_int64(product: torch.Tensor) -> torch.Tensor:
+    """A fresh float product of integers as int64, converted over its own memory when the sizes match.
+
+    Each entry is read before the same bytes are written, so the conversion is exact and saves
+    allocating (and on CPU faulting in) a second tensor as large as the product.
+    """
+    if product.element_size() == 8 and product.is_contiguous():
+        return product.view(torch.int64).copy_(product)
+    return product.to(torch.int64)
 
 
 @dataclass
@@ -156,8 +167,17 @@ def fixed_point(ratios, input_bound: int, device="cpu") -> FixedPoint:
     )
 
 
-def requantise(x: torch.Tensor, scale: FixedPoint, low: int | None = None, high: int | None = None) -> torch.Tensor:
-    """x times the fixed-point ratio, rounded half up and clamped to [low, high] when given."""
+def requantise(
+    x: torch.Tensor, scale: FixedPoint, low: int | None = None, high: int | None = None, *, in_place: bool = False
+) -> torch.Tensor:
+    """x times the fixed-point ratio, rounded half up and clamped to [low, high] when given.
+
+    With `in_place` the result overwrites x, which must be an int64 temporary at least as large as
+    the scale's shape: the same integers without allocating a new tensor per step.
+    """
+    if in_place:
+        y = x.mul_(scale.multiplier).add_(scale.half).bitwise_right_shift_(scale.shift)
+        return y if low is None and high is None else y.clamp_(low, high)
     y = (x * scale.multiplier + scale.half) >> scale.shift
     return y if low is None and high is None else y.clamp(low, high)
 
@@ -290,8 +310,13 @@ def softmax_weights(logits: torch.Tensor, table: torch.Tensor, allowed: torch.Te
     if allowed is not None:
         # Far below any real logit, so its gap lands on the table's final 0.
         logits = logits.masked_fill(~allowed, -(2**61))
-    gaps = logits.amax(-1, keepdim=True) - logits
-    return table[gaps.clamp(max=len(table) - 1)]
+    gaps = torch.sub(logits.amax(-1, keepdim=True), logits).clamp_(max=len(table) - 1)
+    return _lookup(table, gaps)
+
+
+def _lookup(table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """table[indices] for a 1-D table; index_select on the flat indices is much faster on CPU."""
+    return torch.index_select(table, 0, indices.reshape(-1)).view(indices.shape)
 
 
 def integer_attention(
@@ -308,7 +333,7 @@ def integer_attention(
     softmax-weighted mean of v rounded to v's own units, so |output| <= max |v|.
     """
     scores = exact_matmul(q, k.transpose(-1, -2), ACTIVATION_LIMIT, ACTIVATION_LIMIT)  # (B, H, Tq, Tk)
-    logits = requantise(scores, score_scale)  # |scores| < 2**36, so no clamp is needed
+    logits = requantise(scores, score_scale, in_place=True)  # |scores| < 2**36, so no clamp is needed
     weights = softmax_weights(logits, table, allowed)
     mixed = exact_matmul(weights, v, int(table[0]), ACTIVATION_LIMIT)  # (B, H, Tq, D)
     return round_divide(mixed, weights.sum(-1, keepdim=True))
@@ -393,16 +418,21 @@ class _Block:
         """x (B, T, C) int64 residual. With `keys`/`values` (caches holding earlier positions) the new
         k and v are appended by the caller's session; otherwise attention is causal over x itself."""
         B, T, C = x.shape
-        qkv = requantise(self.qkv(self.norm1(x), ACTIVATION_LIMIT), self.qkv_scale, -ACTIVATION_LIMIT, ACTIVATION_LIMIT)
+        qkv = requantise(
+            self.qkv(self.norm1(x), ACTIVATION_LIMIT), self.qkv_scale, -ACTIVATION_LIMIT, ACTIVATION_LIMIT, in_place=True
+        )
         q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
         if keys is not None:
             k, v = keys(k), values(v)
         y = integer_attention(q, k, v, self.score_scale, table, allowed)
         y = y.transpose(1, 2).reshape(B, T, C)
-        x = x + requantise(self.attention_proj(y, ACTIVATION_LIMIT), self.attention_proj_scale)
-        hidden = requantise(self.fc(self.norm2(x), ACTIVATION_LIMIT), self.fc_scale, 0, ACTIVATION_LIMIT)  # ReLU
-        mlp = self.mlp_proj(hidden * hidden, ACTIVATION_LIMIT**2)
-        return x + requantise(mlp, self.mlp_proj_scale)
+        # Products come back as fresh int64 tensors, so each is requantised where it lies.
+        x = requantise(self.attention_proj(y, ACTIVATION_LIMIT), self.attention_proj_scale, in_place=True).add_(x)
+        hidden = requantise(
+            self.fc(self.norm2(x), ACTIVATION_LIMIT), self.fc_scale, 0, ACTIVATION_LIMIT, in_place=True
+        )  # ReLU
+        mlp = self.mlp_proj(hidden.mul_(hidden), ACTIVATION_LIMIT**2)
+        return requantise(mlp, self.mlp_proj_scale, in_place=True).add_(x)
 
 
 class ExactGPTEngine:
@@ -463,18 +493,20 @@ class ExactGPTEngine:
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and tied head for residual rows (N, C) -> integer weights (N, V) summing to 2**30."""
-        acc = self.head(self.norm_f(x), ACTIVATION_LIMIT)  # (N, V)
-        logits = requantise(acc, self.logit_scale)
-        raw = softmax_weights(logits, self.output_table)  # best token: 2**24
+        # The same integers as softmax_weights(requantise(acc, ...)), computed in place: at (N, V)
+        # every pass over a fresh tensor costs as much as the head product itself.
+        logits = requantise(self.head(self.norm_f(x), ACTIVATION_LIMIT), self.logit_scale, in_place=True)  # (N, V)
+        # argmax returns the first maximal index: the first token whose weight is 2**24.
+        first_best = logits.argmax(-1, keepdim=True)  # (N, 1)
+        gaps = logits.sub_(logits.gather(-1, first_best)).neg_().clamp_(max=len(self.output_table) - 1)
+        raw = _lookup(self.output_table, gaps)  # best token: 2**24
         # weights = floor(raw * 2**30 / total), through a 62-bit reciprocal instead of a division
         # per entry: raw < 2**25 and reciprocal < 2**38, so the product fits in int64.
         reciprocal = torch.div(torch.full_like(raw[:, :1], 2**62), raw.sum(-1, keepdim=True), rounding_mode="floor")
-        weights = (raw * reciprocal) >> (62 - ROW_TOTAL_BITS)
+        weights = raw.mul_(reciprocal).bitwise_right_shift_(62 - ROW_TOTAL_BITS)
         # Each entry loses less than one unit; the first best token takes the remainder.
-        remainder = (1 << ROW_TOTAL_BITS) - weights.sum(-1)
-        vocabulary = torch.arange(raw.shape[-1], device=raw.device)
-        first_best = torch.where(raw == 2**OUTPUT_EXP_BITS, vocabulary, raw.shape[-1]).amin(-1)
-        weights[torch.arange(len(weights), device=raw.device), first_best] += remainder
+        remainder = (1 << ROW_TOTAL_BITS) - weights.sum(-1, keepdim=True)
+        weights.scatter_add_(-1, first_best, remainder)
         return weights
 
     def _check_tokens(self, tokens: np.ndarray) -> None:
@@ -530,11 +562,15 @@ class ExactGPTEngine:
 
 
 class _Cache:
-    """Keys or values of one layer for every position so far: (B, H, context, D)."""
+    """Keys or values of one layer for every position so far: (B, H, context, D).
+
+    Every k and v is an integer with |value| <= ACTIVATION_LIMIT, so the cache is held in the
+    float64 of the products, where it is exact: a smaller integer type would have to be converted
+    in full at every step, which cost more than the rest of the step at long prefixes.
+    """
 
     def __init__(self, batch_size, heads, length, head_dim, device):
-        # int16 holds every k and v (|value| <= ACTIVATION_LIMIT) at a quarter of the memory.
-        self.store = torch.zeros(batch_size, heads, length, head_dim, dtype=torch.int16, device=device)
+        self.store = torch.zeros(batch_size, heads, length, head_dim, dtype=torch.float64, device=device)
         self.position = 0
 
     def __call__(self, new: torch.Tensor) -> torch.Tensor:
