@@ -596,6 +596,10 @@ class Run:
                                 f"({summary['xz_raw_bytes']:,} -> {summary['xz_bytes']:,} bytes)")
         else:
             prequential = "not measured"
+        if s.get("time_budget_minutes"):
+            schedule = f"over a training-time budget of {s['time_budget_minutes']} minutes"
+        else:
+            schedule = f"over {s['steps']:,} steps"
         status = "finished" if self.finished() else f"stopped early at step {self.step} of {s['steps']}"
         return f"""# {self.args.output.name}
 
@@ -617,7 +621,7 @@ tokenizer whose id 0 (`<|endoftext|>`) opens every chunk. Trained with `llmzip t
 - Status: {status}; {self.step:,} steps of {s['batch_size']} windows, {tokens_seen:,} tokens seen,
   {self.trained_seconds / 60:.1f} minutes of training on {self.args.device}.
 - Optimiser: AdamW (β = 0.9, 0.95), peak learning rate {s['learning_rate']}, {s['warmup_steps']} warm-up steps,
-  cosine decay to {s['min_learning_rate_ratio']} of the peak, weight decay {s['weight_decay']}, gradient clip {s['grad_clip']}, seed {s['seed']}.
+  cosine decay to {s['min_learning_rate_ratio']} of the peak {schedule}, weight decay {s['weight_decay']}, gradient clip {s['grad_clip']}, seed {s['seed']}.
 - Training data: {self.raw_bytes:,} bytes ({self.raw_bytes / 2**20:.1f} MiB), {len(self.train_tokens):,} training tokens;
   the last {s['val_fraction']:.0%} of every file is held out for validation.
 - Prequential code length of the training corpus (each window scored before it was learned from): {prequential}.
