@@ -95,6 +95,26 @@ def make_seeds(model: str, *, seed: int = 0) -> list[tuple[str, bytes, bytes]]:
 
 # Structure-aware help: find the records and recompute their checksums after a mutation.
 
+def group_layout(data: bytes, position: int) -> tuple[int, int] | None:
+    """Where a group's descriptor ends (its CRC follows) and its payload length; None where it does not parse."""
+    try:
+        count, at = container._read_varint(data, position + 1, "group")
+        table_length, table = container._read_varint(data, at, "group")
+        entries, at = 0, table
+        payload_length = 0
+        while at < table + table_length and entries < count:
+            fields = []
+            for _ in range(4):
+                value, at = container._read_varint(data, at, "group")
+                fields.append(value)
+            payload_length += fields[3]
+            at += 4
+            entries += 1
+    except container.CorruptError:
+        return None
+    return table + table_length, payload_length
+
+
 def repair_checksums(data: bytearray) -> bytearray:
     """Rewrite every CRC the damaged structure still lets us locate; stop where it stops parsing."""
     if len(data) < container._PREAMBLE.size + 4 or data[:4] != container.MAGIC:
@@ -115,15 +135,11 @@ def repair_checksums(data: bytearray) -> bytearray:
         elif tag == container.END_TAG:
             end = position + 1 + container._END.size
         elif tag == container.GROUP_TAG:
-            if position + 3 > len(data):
+            layout = group_layout(data, position)
+            if layout is None or layout[0] + 4 > len(data):
                 return data
-            (count,) = struct.unpack_from("<H", data, position + 1)
-            end = position + 3 + count * container._CHUNK.size
-            if end + 4 > len(data):
-                return data
+            end, payload_length = layout
             struct.pack_into("<I", data, end, zlib.crc32(data[position:end]))
-            payload_length = sum(container._CHUNK.unpack_from(data, position + 3 + index * container._CHUNK.size)[3]
-                                 for index in range(count))
             position = end + 4
             end = position + payload_length
         else:
@@ -137,20 +153,19 @@ def repair_checksums(data: bytearray) -> bytearray:
 
 def mutate_json_field(data: bytearray, rng: random.Random) -> bytearray:
     """Set one field of the header or the model record to an odd value, keeping the lengths consistent."""
-    records = []  # (start of body, body length, offset of the length field)
+    records = []  # (start of body, body length, offset of the length field, deflated)
     _, _, length = container._PREAMBLE.unpack_from(data, 0)
-    records.append((container._PREAMBLE.size, length, 5))
+    records.append((container._PREAMBLE.size, length, 5, False))
     position = container._PREAMBLE.size + length + 4
     while position < len(data) and data[position : position + 1] == container.GROUP_TAG:
-        (count,) = struct.unpack_from("<H", data, position + 1)
-        table = position + 3
-        payload_length = sum(container._CHUNK.unpack_from(data, table + i * container._CHUNK.size)[3] for i in range(count))
-        position = table + count * container._CHUNK.size + 4 + payload_length + 4
+        descriptor_end, payload_length = group_layout(data, position)
+        position = descriptor_end + 4 + payload_length + 4
     if data[position : position + 1] == container.MODEL_TAG:
         (length,) = struct.unpack_from("<I", data, position + 1)
-        records.append((position + 5, length, position + 1))
-    start, length, length_at = rng.choice(records)
-    record = json.loads(bytes(data[start : start + length]))
+        records.append((position + 5, length, position + 1, True))
+    start, length, length_at, deflated = rng.choice(records)
+    body = bytes(data[start : start + length])
+    record = json.loads(container._inflate(body, "model record") if deflated else body)
     paths = [(key,) for key in record] + [(key, inner) for key, value in record.items() if isinstance(value, dict)
                                           for inner in value]
     if not paths:
@@ -164,6 +179,8 @@ def mutate_json_field(data: bytearray, rng: random.Random) -> bytearray:
     else:
         target[path[-1]] = rng.choice(INTERESTING_VALUES)
     body = container._json_bytes(record)
+    if deflated:
+        body = container._deflate(body)
     data[start : start + length] = body
     struct.pack_into("<I", data, length_at, len(body))
     return data

@@ -73,3 +73,31 @@ def test_group_larger_than_batch_is_refused():
     container.write_group(stream, [ChunkRecord(CHUNK_STORED, 1, 0, 0, b"a")] * 3)
     with pytest.raises(CorruptError, match="chunk count"):
         container.read_record(io.BytesIO(stream.getvalue()), 2)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 1 << 21, container.MAX_CHUNK_BYTES])
+def test_varint_round_trip(value):
+    encoded = container._varint(value)
+    assert container._read_varint(encoded, 0, "test") == (value, len(encoded))
+
+
+def test_overlong_varint_is_refused():
+    with pytest.raises(CorruptError, match="too long"):
+        container._read_varint(b"\x80" * 6 + b"\x01", 0, "test")
+
+
+def test_large_chunk_lengths_round_trip():
+    stream = io.BytesIO()
+    payload = bytes(70_000)
+    container.write_group(stream, [ChunkRecord(CHUNK_STORED, len(payload), 0, 0xFFFFFFFF, payload)])
+    (chunk,) = container.read_record(io.BytesIO(stream.getvalue()), 1)
+    assert (chunk.raw_length, chunk.raw_crc32, chunk.payload) == (70_000, 0xFFFFFFFF, payload)
+
+
+def test_model_record_that_does_not_inflate_is_refused():
+    import struct
+    import zlib
+
+    record = container.MODEL_TAG + struct.pack("<I", 5) + b"hello"
+    with pytest.raises(CorruptError, match="model record"):
+        container.read_record(io.BytesIO(record + struct.pack("<I", zlib.crc32(record))), 2)

@@ -34,8 +34,8 @@ MAX_GROUP_CHUNKS = 1024
 MAX_GROUP_BYTES = 1 << 28  # payloads of one group; a reader allocates them in one piece
 
 _PREAMBLE = struct.Struct("<4sBI")  # magic, format version, header length
-_GROUP = struct.Struct("<H")  # chunk count
-_CHUNK = struct.Struct("<BIIII")  # kind, raw length, token count, payload length, raw crc32
+_CHUNK_FIELDS = 5  # kind, raw length, token count, payload length (varints), raw crc32 (u32)
+_MAX_VARINT_BYTES = 5  # enough for any length a reader accepts
 _CRC = struct.Struct("<I")
 _LENGTH = struct.Struct("<I")
 _END = struct.Struct("<Q32s")  # content size, sha256 of the content
@@ -63,6 +63,38 @@ def _read_exactly(stream: BinaryIO, size: int, what: str) -> bytes:
     return data
 
 
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128: seven bits per byte, low bits first, high bit set on all but the last."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, position: int, what: str) -> tuple[int, int]:
+    value = 0
+    for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
+        if position >= len(data):
+            raise CorruptError(f"the {what} is damaged (a number runs past its end)")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+    raise CorruptError(f"the {what} is damaged (a number is too long)")
+
+
+def _read_varint_from(stream: BinaryIO, what: str) -> int:
+    data = b""
+    while len(data) < _MAX_VARINT_BYTES:
+        data += _read_exactly(stream, 1, what)
+        if data[-1] < 0x80:
+            break
+    return _read_varint(data, 0, what)[0]
+
+
 def _json_bytes(record: dict) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -83,14 +115,36 @@ def write_header(stream: BinaryIO, header: dict) -> None:
     stream.write(preamble + body + _CRC.pack(zlib.crc32(preamble + body)))
 
 
+def _deflate(body: bytes) -> bytes:
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return deflate.compress(body) + deflate.flush()
+
+
+def _model_record(settings: dict) -> bytes:
+    # Deflated: the JSON is about 650 bytes, a cost that short inputs feel.
+    body = _deflate(_json_bytes(settings))
+    record = MODEL_TAG + _LENGTH.pack(len(body)) + body
+    return record + _CRC.pack(zlib.crc32(record))
+
+
 def model_record_size(settings: dict) -> int:
-    return len(MODEL_TAG) + _LENGTH.size + len(_json_bytes(settings)) + _CRC.size
+    return len(_model_record(settings))
 
 
 def write_model_record(stream: BinaryIO, settings: dict) -> None:
     """Model, engine and coder settings; written once, before the first model-coded group."""
-    record = MODEL_TAG + _LENGTH.pack(len(body := _json_bytes(settings))) + body
-    stream.write(record + _CRC.pack(zlib.crc32(record)))
+    stream.write(_model_record(settings))
+
+
+def _inflate(body: bytes, what: str) -> bytes:
+    inflate = zlib.decompressobj(-15)
+    try:
+        data = inflate.decompress(body, MAX_HEADER_BYTES)
+    except zlib.error:
+        raise CorruptError(f"the {what} is damaged (not readable)") from None
+    if not inflate.eof or inflate.unconsumed_tail or inflate.unused_data:
+        raise CorruptError(f"the {what} is damaged (not readable)")
+    return data
 
 
 def read_header(stream: BinaryIO) -> dict:
@@ -115,10 +169,12 @@ def read_header(stream: BinaryIO) -> dict:
 
 
 def write_group(stream: BinaryIO, chunks: list[ChunkRecord]) -> None:
-    descriptor = GROUP_TAG + _GROUP.pack(len(chunks))
-    descriptor += b"".join(
-        _CHUNK.pack(chunk.kind, chunk.raw_length, chunk.token_count, len(chunk.payload), chunk.raw_crc32) for chunk in chunks
+    table = b"".join(
+        _varint(chunk.kind) + _varint(chunk.raw_length) + _varint(chunk.token_count) + _varint(len(chunk.payload))
+        + _CRC.pack(chunk.raw_crc32)
+        for chunk in chunks
     )
+    descriptor = GROUP_TAG + _varint(len(chunks)) + _varint(len(table)) + table
     payloads = b"".join(chunk.payload for chunk in chunks)
     stream.write(descriptor + _CRC.pack(zlib.crc32(descriptor)) + payloads + _CRC.pack(zlib.crc32(payloads)))
 
@@ -140,7 +196,7 @@ def read_record(stream: BinaryIO, max_group_chunks: int) -> list[ChunkRecord] | 
         (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "model record"))
         if zlib.crc32(tag + length_bytes + body) != crc:
             raise CorruptError("the model record is damaged (checksum mismatch)")
-        return _parse_json(body, "model record")
+        return _parse_json(_inflate(body, "model record"), "model record")
     if tag == END_TAG:
         body = _read_exactly(stream, _END.size, "end record")
         (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "end record"))
@@ -149,15 +205,29 @@ def read_record(stream: BinaryIO, max_group_chunks: int) -> list[ChunkRecord] | 
         return EndRecord(*_END.unpack(body))
     if tag != GROUP_TAG:
         raise CorruptError("the chunk stream is damaged (unknown record)")
-    count_bytes = _read_exactly(stream, _GROUP.size, "group")
-    (count,) = _GROUP.unpack(count_bytes)
+    count = _read_varint_from(stream, "group")
     if not 1 <= count <= min(max_group_chunks, MAX_GROUP_CHUNKS):
         raise CorruptError("the chunk stream is damaged (impossible chunk count)")
-    table = _read_exactly(stream, count * _CHUNK.size, "group")
+    table_length = _read_varint_from(stream, "group")
+    if table_length > count * (4 * _MAX_VARINT_BYTES + _CRC.size):
+        raise CorruptError("the chunk stream is damaged (impossible group descriptor)")
+    table = _read_exactly(stream, table_length, "group")
     (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "group"))
-    if zlib.crc32(tag + count_bytes + table) != crc:
+    if zlib.crc32(tag + _varint(count) + _varint(table_length) + table) != crc:
         raise CorruptError("the chunk stream is damaged (checksum mismatch in a group descriptor)")
-    entries = [_CHUNK.unpack_from(table, index * _CHUNK.size) for index in range(count)]
+    entries, position = [], 0
+    for _ in range(count):
+        fields = []
+        for _ in range(_CHUNK_FIELDS - 1):
+            value, position = _read_varint(table, position, "group descriptor")
+            fields.append(value)
+        if position + _CRC.size > len(table):
+            raise CorruptError("the chunk stream is damaged (group descriptor too short)")
+        fields.append(_CRC.unpack_from(table, position)[0])
+        position += _CRC.size
+        entries.append(tuple(fields))
+    if position != len(table):
+        raise CorruptError("the chunk stream is damaged (group descriptor too long)")
     for kind, raw_length, token_count, payload_length, _ in entries:
         if kind not in CHUNK_KINDS or raw_length > MAX_CHUNK_BYTES or payload_length > MAX_CHUNK_BYTES:
             raise CorruptError("the chunk stream is damaged (impossible chunk)")
