@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .models.gpt import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, GPT, GPTConfig, save_model_directory
+from .tokenization import byte_level_alphabet
 
 __all__ = ["PRESETS", "add_train_arguments", "run_train", "train_tokenizer", "fake_quantise_per_channel", "main"]
 
@@ -69,19 +70,6 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------- tokenizer
 
-def _byte_to_character() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map used by byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    shift = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + shift)
-            shift += 1
-    return {byte: chr(code) for byte, code in zip(printable, codes)}
-
-
 def train_tokenizer(texts, vocab_size: int):
     """Byte-level BPE: id 0 is <|endoftext|> (the start token) and all 256 byte tokens exist."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -99,7 +87,7 @@ def train_tokenizer(texts, vocab_size: int):
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
     """How many bytes each token id stands for (0 for special tokens)."""
-    character_to_byte = {character: byte for byte, character in _byte_to_character().items()}
+    character_to_byte = byte_level_alphabet()
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     lengths = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
     for piece, token_id in vocab.items():
@@ -109,7 +97,7 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 
 
 def token_bytes_table(tokenizer) -> list[bytes]:
-    character_to_byte = {character: byte for byte, character in _byte_to_character().items()}
+    character_to_byte = byte_level_alphabet()
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     table = [b""] * (max(vocab.values()) + 1)
     for piece, token_id in vocab.items():
