@@ -33,3 +33,14 @@ def test_detokenize_inverts_tokenize(tokenizer, data):
 
 def test_every_byte_has_a_token(tokenizer):
     assert tokenizer.covers_all_bytes
+
+
+@pytest.mark.parametrize("text", ["line one\nline two 红楼梦\n" * 40, "no newline at all, 红楼梦 " * 40])
+def test_long_text_is_encoded_in_exact_pieces(tokenizer, monkeypatch, text):
+    whole = tokenizer.tokenize(text.encode())
+    monkeypatch.setattr("llmzip.tokenization.ENCODE_PIECE_CHARACTERS", 37)
+    pieces = tokenizer.tokenize(text.encode())
+    assert tokenizer.detokenize(pieces) == text.encode()
+    # Cuts after a newline match where a byte-level pre-tokenizer splits anyway.
+    if "\n" in text:
+        assert list(pieces) == list(whole)

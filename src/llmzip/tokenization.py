@@ -65,6 +65,9 @@ def _token_table(tokenizer) -> tuple[list[bytes | None], list[int | None]]:
     return table, single_byte
 
 
+ENCODE_PIECE_CHARACTERS = 1 << 16
+
+
 class ByteTokenizer:
     """A `tokenizers.Tokenizer` made byte-exact."""
 
@@ -122,11 +125,24 @@ class ByteTokenizer:
         expected = text.encode("utf-8")
         if not text:
             return expected, []
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self._encode(text)
         if all(0 <= token < self.vocab_size and self.token_bytes[token] is not None for token in ids):
             if b"".join(self.token_bytes[token] for token in ids) == expected:
                 return expected, ids
         return self._bytes_as_tokens(expected)
+
+    def _encode(self, text: str) -> list[int]:
+        # The tokenizer's encoding object costs about 240 bytes per character, so a 1 MiB block is
+        # encoded in pieces cut after a newline, where a byte-level pre-tokenizer splits anyway.
+        ids: list[int] = []
+        start = 0
+        while start < len(text):
+            end = min(len(text), start + ENCODE_PIECE_CHARACTERS)
+            if end < len(text) and (newline := text.rfind("\n", start, end)) > start:
+                end = newline + 1
+            ids.extend(self.tokenizer.encode(text[start:end], add_special_tokens=False).ids)
+            start = end
+        return ids
 
     def _bytes_as_tokens(self, data: bytes) -> tuple[bytes, list[int] | None]:
         ids = [self.byte_tokens[byte] for byte in data]
