@@ -6,6 +6,9 @@ context_length - 1 and computes every chunk's rows several ways:
 - with CUDA: CPU full pass (reference), CUDA full pass, CUDA incremental decoding;
 - without:   CPU full pass with 1 thread (reference), with 2 threads, CPU incremental decoding.
 
+Then it compresses the covered text into an .llmz file on one device (or thread count) and
+decodes it on the other, both ways, through the public API.
+
 It prints how many positions were compared and how many rows differ in any bit, then the
 exact engine's compressed size (through the real coder) against the float model's ideal
 cross-entropy on the same text, in bits per byte.
@@ -40,6 +43,8 @@ def parse_arguments(argv):
     parser.add_argument("--incremental-positions", type=int, default=None,
                         help="positions to decode incrementally (default: all of them)")
     parser.add_argument("--batch-size", type=int, default=64, help="chunks per incremental session (default 64)")
+    parser.add_argument("--round-trip-bytes", type=int, default=100_000,
+                        help="bytes of the text compressed on one device and decoded on the other (default 100000)")
     parser.add_argument("--cpu-only", action="store_true", help="do not use CUDA even when it is available")
     return parser.parse_args(argv)
 
@@ -120,6 +125,33 @@ def coded_bits(chunks, rows) -> int:
     return 8 * len(encoder.finish())
 
 
+def cross_round_trip(model_directory: Path, data: bytes, settings: list[tuple[str, str, int]]) -> int:
+    """Compress with each setting and decode with every other; the number of failed round trips."""
+    import llmzip
+
+    failures = 0
+    for name, device, threads in settings:
+        torch.set_num_threads(threads)
+        began = time.perf_counter()
+        packed = llmzip.compress(data, model=str(model_directory), engine="exact", device=device, xz_fallback=False)
+        seconds = time.perf_counter() - began
+        print(f"compressed on {name}: {len(data)} -> {len(packed)} bytes ({8 * len(packed) / len(data):.4f} bits/byte), "
+              f"{len(data) / seconds / 1000:.1f} KB/s")
+        for other_name, other_device, other_threads in settings:
+            if other_name == name:
+                continue
+            torch.set_num_threads(other_threads)
+            began = time.perf_counter()
+            try:
+                same = llmzip.decompress(packed, device=other_device) == data
+            except llmzip.LLMZipError as error:
+                same, _ = False, print(f"  decode failed: {error}")
+            seconds = time.perf_counter() - began
+            failures += not same
+            print(f"  decoded on {other_name}: {'identical' if same else 'DIFFERENT'}, {len(data) / seconds / 1000:.1f} KB/s")
+    return failures
+
+
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     model = load_gpt(arguments.model)
@@ -166,11 +198,21 @@ def main(argv=None) -> int:
         print(f"CPU incremental: {sum(map(len, rows)) / seconds:.0f} positions/s")
         mismatches += compare("CPU full pass vs CPU incremental", reference, rows)
 
+    text_bytes = arguments.text.read_bytes()[: min(covered_bytes, arguments.round_trip_bytes)]
+    threads = torch.get_num_threads()
+    if use_cuda:
+        settings = [("CUDA", "cuda", threads), ("CPU", "cpu", threads)]
+    else:
+        settings = [("CPU, 1 thread", "cpu", 1), ("CPU, 2 threads", "cpu", 2)]
+    mismatches += cross_round_trip(arguments.model, text_bytes, settings)
+    torch.set_num_threads(threads)
+
     exact = coded_bits(chunks, reference) / max(1, covered_bytes)
     ideal = float_bits(model, chunks, START_TOKEN, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
     print(f"bits per byte: exact engine {exact:.4f} (coded), float model {ideal:.4f} (ideal), "
           f"difference {exact - ideal:+.4f}")
-    print("RESULT:", "all rows identical" if mismatches == 0 else f"{mismatches} rows differ")
+    print("RESULT:", "all rows identical, every file decoded" if mismatches == 0
+          else f"{mismatches} mismatching rows or failed round trips")
     return 0 if mismatches == 0 else 1
 
 
