@@ -118,3 +118,17 @@ def rewrite_model_record(data: bytes, change) -> bytes:
         else:
             container.write_end(output, record)
             return output.getvalue()
+
+
+def test_text_that_repeats_beyond_a_group_becomes_one_xz_chunk(tiny_model):
+    # Every group is new text to the model and to xz over the group alone, but xz over the
+    # whole span sees the repetition: the encoder must write the smaller of the two.
+    words = random.Random(3).choices(SAMPLE_TEXT.split(), k=600)
+    data = (" ".join(words) + "\n").encode() * 4
+    options = dict(model=tiny_model, engine="exact", device="cpu", chunk_tokens=32, batch_size=2)
+    modelled = llmzip.Compressor(**options, xz_fallback=False).compress(data)
+    packed = llmzip.Compressor(**options).compress(data)
+    assert llmzip.info(modelled).chunks["model"] > 10
+    assert llmzip.info(packed).chunks == {"model": 0, "stored": 0, "xz": 1}
+    assert len(packed) < len(modelled) and len(packed) < len(data) // 3
+    assert llmzip.decompress(packed, model=tiny_model) == data

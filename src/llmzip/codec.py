@@ -77,6 +77,8 @@ class StreamEncoder:
         self._buffer = bytearray()
         self._pending: list[tuple[bytes, np.ndarray]] = []  # text chunks waiting for a full group
         self._raw_run = bytearray()  # non-text bytes waiting to be kept raw or as xz
+        self._held: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
+        self._held_raw = bytearray()  # the input bytes those groups cover
         container.write_header(destination, header)
 
     def write(self, data: bytes) -> None:
@@ -91,6 +93,7 @@ class StreamEncoder:
             self._take_block(final=True)
         self._flush_text(final=True)
         self._flush_raw()
+        self._release_held()
         container.write_end(self.destination, EndRecord(self.summary.content_size, self._hash.digest()))
         return self.summary
 
@@ -126,6 +129,8 @@ class StreamEncoder:
             self._flush_raw()
 
     def _flush_raw(self) -> None:
+        if self._raw_run:
+            self._release_held()  # groups are written in input order
         while self._raw_run:
             data = bytes(self._raw_run[:BLOCK_BYTES])
             del self._raw_run[: len(data)]
@@ -134,9 +139,12 @@ class StreamEncoder:
     def _flush_text(self, final: bool) -> None:
         while len(self._pending) >= self.batch_size or (final and self._pending):
             group, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
-            self._write_group(self._code_group(group))
+            records, stats = self._code_group(group)
+            self._hold(records, stats, b"".join(raw for raw, _ in group))
 
-    def _code_group(self, group: list[tuple[bytes, np.ndarray]]) -> list[ChunkRecord]:
+    def _code_group(self, group: list[tuple[bytes, np.ndarray]]) -> tuple[list[ChunkRecord], Summary]:
+        """The group's records, and what its model-coded chunks add to the summary."""
+        stats = Summary()
         coded = encode_chunks(self.engine, [tokens for _, tokens in group])
         keep = [len(payload) < len(raw) for (raw, _), (payload, _) in zip(group, coded)]
         if not all(keep) and any(keep) and not self.engine.batch_invariant:
@@ -144,34 +152,75 @@ class StreamEncoder:
             recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k]))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
         if not any(keep):
-            return [_raw_chunk(b"".join(raw for raw, _ in group))]
+            return [_raw_chunk(b"".join(raw for raw, _ in group))], stats
         if self.xz_fallback:
             model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
-            if self.model_settings is not None:  # the first model-coded group also pays for the model record
+            if self._model_record_due():  # the first model-coded group also pays for the model record
                 model_size += container.model_record_size(self.model_settings)
             fallback = _raw_chunk(b"".join(raw for raw, _ in group))
             if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
-                return [fallback]  # repetitive text that the chunk-by-chunk model cannot see as such
+                return [fallback], stats  # repetitive text that the chunk-by-chunk model cannot see as such
         records = []
         for (raw, tokens), (payload, bits), model_coded in zip(group, coded, keep):
             if model_coded:
                 records.append(ChunkRecord(CHUNK_MODEL, len(raw), len(tokens), zlib.crc32(raw), payload))
-                self.summary.model_bits += bits
-                self.summary.model_payload_bytes += len(payload)
-                self.summary.model_raw_bytes += len(raw)
-                self.summary.tokens += len(tokens)
+                stats.model_bits += bits
+                stats.model_payload_bytes += len(payload)
+                stats.model_raw_bytes += len(raw)
+                stats.tokens += len(tokens)
             else:
                 records.append(_raw_chunk(raw))
-        return records
+        return records, stats
 
-    def _write_group(self, records: list[ChunkRecord]) -> None:
+    def _model_record_due(self) -> bool:
+        return self.model_settings is not None and not any(
+            record.kind == CHUNK_MODEL for records, _ in self._held for record in records
+        )
+
+    def _hold(self, records: list[ChunkRecord], stats: Summary, raw: bytes) -> None:
+        """Keep coded groups until about a block of input is covered, then write them or one xz chunk.
+
+        xz over a whole block sees repetitions across chunks that neither the model, whose context
+        ends at the chunk, nor xz over one group can use; the smaller of the two is written.
+        """
+        if not self.xz_fallback:
+            self._write_group(records, stats)
+            return
+        self._held.append((records, stats))
+        self._held_raw += raw
+        if self.progress is not None:
+            self.progress(len(raw))
+        if len(self._held_raw) >= BLOCK_BYTES:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        if not self._held:
+            return
+        held, raw = self._held, bytes(self._held_raw)
+        coded_size = sum(container.group_size(records) for records, _ in held)
+        if self.model_settings is not None and any(r.kind == CHUNK_MODEL for records, _ in held for r in records):
+            coded_size += container.model_record_size(self.model_settings)
+        fallback = _raw_chunk(raw) if len(held) > 1 else None
+        self._held, self._held_raw = [], bytearray()
+        if fallback is not None and container.group_size([fallback]) < coded_size:
+            self._write_group([fallback], Summary(), report=False)
+        else:
+            for records, stats in held:
+                self._write_group(records, stats, report=False)
+
+    def _write_group(self, records: list[ChunkRecord], stats: Summary | None = None, report: bool = True) -> None:
         if self.model_settings is not None and any(record.kind == CHUNK_MODEL for record in records):
             container.write_model_record(self.destination, self.model_settings)
             self.model_settings = None
         container.write_group(self.destination, records)
         for record in records:
             self.summary.chunks[CHUNK_NAMES[record.kind]] += 1
-        if self.progress is not None:
+        if stats is not None:
+            self.summary.model_bits += stats.model_bits
+            self.summary.model_payload_bytes += stats.model_payload_bytes
+            self.summary.model_raw_bytes += stats.model_raw_bytes
+            self.summary.tokens += stats.tokens
+        if report and self.progress is not None:
             self.progress(sum(record.raw_length for record in records))
 
 

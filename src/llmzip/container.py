@@ -168,13 +168,22 @@ def read_header(stream: BinaryIO) -> dict:
     return _parse_json(body, "header")
 
 
-def write_group(stream: BinaryIO, chunks: list[ChunkRecord]) -> None:
+def _group_descriptor(chunks: list[ChunkRecord]) -> bytes:
     table = b"".join(
         _varint(chunk.kind) + _varint(chunk.raw_length) + _varint(chunk.token_count) + _varint(len(chunk.payload))
         + _CRC.pack(chunk.raw_crc32)
         for chunk in chunks
     )
-    descriptor = GROUP_TAG + _varint(len(chunks)) + _varint(len(table)) + table
+    return GROUP_TAG + _varint(len(chunks)) + _varint(len(table)) + table
+
+
+def group_size(chunks: list[ChunkRecord]) -> int:
+    """Bytes `write_group` writes for these chunks."""
+    return len(_group_descriptor(chunks)) + sum(len(chunk.payload) for chunk in chunks) + 2 * _CRC.size
+
+
+def write_group(stream: BinaryIO, chunks: list[ChunkRecord]) -> None:
+    descriptor = _group_descriptor(chunks)
     payloads = b"".join(chunk.payload for chunk in chunks)
     stream.write(descriptor + _CRC.pack(zlib.crc32(descriptor)) + payloads + _CRC.pack(zlib.crc32(payloads)))
 
