@@ -32,3 +32,14 @@ def test_smollm2_round_trip():
     assert details.chunks["model"] >= 1
     assert details.model_settings["engine"]["kind"] == "float"
     assert llmzip.decompress(packed, model=model) == TEXT
+
+
+def test_quiet_cli_prints_nothing(tmp_path, capfd):
+    from llmzip.cli import main
+
+    source = tmp_path / "text.txt"
+    source.write_bytes(TEXT)
+    assert main(["-q", "-m", str(smollm2_path()), "--chunk-tokens", "16", str(source)]) == 0
+    assert capfd.readouterr().err == ""  # no progress bar from the GGUF conversion either
+    assert main(["-q", "-d", "-c", "-m", str(smollm2_path()), str(source) + ".llmz"]) == 0
+    assert capfd.readouterr().out.encode("utf-8", "surrogateescape") == TEXT

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
 from pathlib import Path
 
@@ -28,6 +31,24 @@ def _quiet_offline_transformers():
     return transformers
 
 
+@contextlib.contextmanager
+def _gguf_progress_bars_hidden():
+    """GGUF conversion draws a tqdm bar of its own that no transformers setting turns off."""
+    try:
+        module = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:
+        module = None
+    original = getattr(module, "tqdm", None)
+    if original is None:
+        yield
+        return
+    module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
 def model_files(path: Path) -> list[Path]:
     """The files whose bytes define the model: weights, config and tokenizer."""
     if path.is_file():
@@ -49,18 +70,14 @@ def load_huggingface(path: Path, name: str) -> LoadedModel:
         location, options = str(path.parent), {"gguf_file": path.name}
     else:
         location, options = str(path), {}
-    hidden_bars = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # GGUF conversion draws its own progress bars
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **options)
-        model = transformers.AutoModelForCausalLM.from_pretrained(location, local_files_only=True, dtype="float32", **options)
+        with _gguf_progress_bars_hidden():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True, **options)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                location, local_files_only=True, dtype="float32", **options
+            )
     except Exception as error:  # transformers raises many kinds for unusable directories
         raise ModelError(f"cannot load a causal language model from {path}: {error}") from None
-    finally:
-        if hidden_bars is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = hidden_bars
     model.eval()
     backend_tokenizer = getattr(tokenizer, "backend_tokenizer", None)
     if backend_tokenizer is None:
