@@ -49,9 +49,9 @@ SPECIAL_TOKEN = "<|endoftext|>"
 
 # Named sizes; the parameter counts include the tied embedding / output head.
 PRESETS = {
-    "tiny": dict(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=128),  # ~1.3M
-    "small": dict(vocab_size=8192, context_length=256, n_layer=4, n_head=4, n_embd=192),  # ~3.4M
-    "medium": dict(vocab_size=8192, context_length=512, n_layer=8, n_head=4, n_embd=256),  # ~8.6M
+    "tiny": dict(vocab_size=4096, context_length=256, n_layer=2, n_head=2, n_embd=96),  # ~0.6M, llmzip-tiny
+    "small": dict(vocab_size=4096, context_length=256, n_layer=4, n_head=4, n_embd=128),  # ~1.3M, llmzip-small
+    "base": dict(vocab_size=8192, context_length=512, n_layer=8, n_head=4, n_embd=256),  # ~8.6M
     "large": dict(vocab_size=16384, context_length=512, n_layer=8, n_head=8, n_embd=512),  # ~34M
 }
 MODEL_OPTIONS = ("vocab_size", "context_length", "n_layer", "n_head", "n_embd")
