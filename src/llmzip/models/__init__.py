@@ -18,9 +18,12 @@ from ..errors import ModelError
 from ..tokenization import ByteTokenizer
 
 BUILTIN_DIRECTORY = Path(__file__).resolve().parent.parent / "builtin"
-# Compression levels pick a built-in model: the first one installed at or above the level's wish.
-LEVEL_MODELS = {1: "llmzip-small", 2: "llmzip-small", 3: "llmzip-small", 4: "llmzip-base", 5: "llmzip-base",
+# Compression levels pick a built-in model: the level's wish if installed, else the nearest
+# installed one, larger first. llmzip-small is not a level: llmzip-tiny, trained longer on an
+# idle machine, compresses better and faster (see its model card); it stays installed by name.
+LEVEL_MODELS = {1: "llmzip-tiny", 2: "llmzip-tiny", 3: "llmzip-tiny", 4: "llmzip-tiny", 5: "llmzip-base",
                 6: "llmzip-base", 7: "llmzip-large", 8: "llmzip-large", 9: "llmzip-large"}
+FAMILY = ["llmzip-tiny", "llmzip-base", "llmzip-large"]  # the levels' models, smallest first
 DEFAULT_LEVEL = 5
 
 
@@ -63,12 +66,11 @@ def model_for_level(level: int) -> str:
             "no built-in model is installed; pass --model PATH with a native llmzip model directory, "
             "a Hugging Face model directory or a GGUF file"
         )
-    ordered = ["llmzip-small", "llmzip-base", "llmzip-large"]
-    wished = ordered.index(LEVEL_MODELS[level])
-    for name in ordered[wished:] + ordered[:wished][::-1]:
+    wished = FAMILY.index(LEVEL_MODELS[level])
+    for name in FAMILY[wished:] + FAMILY[:wished][::-1]:
         if name in installed:
             return name
-    return installed[0]
+    return installed[0]  # only models outside the level family are installed
 
 
 def fingerprint_files(paths: list[Path]) -> str:
