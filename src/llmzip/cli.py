@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--model", metavar="NAME|PATH", help="built-in model name, native model directory, Hugging Face directory or GGUF file")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto",
-                        help="exact: integer engine, files decode on any machine (native models, default); float: any model, decodes only on a matching machine")
+                        help="exact: integer engine, files decode on any machine (native and Llama models, the default for them); float: any model, decodes only on a matching machine")
     parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per independently coded chunk (default: the model's context)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks coded together in one batch (default 16)")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",

@@ -38,6 +38,7 @@ import torch
 from ..models.gpt import GPT
 
 __all__ = [
+    "ExactEngine",
     "ExactGPTEngine",
     "ExactSession",
     "quantise_weight_per_channel",
@@ -51,6 +52,7 @@ __all__ = [
     "exp_table",
     "softmax_weights",
     "integer_attention",
+    "integer_rows",
 ]
 
 FORMAT_VERSION = 1
@@ -76,19 +78,20 @@ EXACT_INTEGER_LIMIT = {torch.float32: 2**24, torch.float64: 2**53}
 # ---------------------------------------------------------------------------------------------
 
 
-def quantise_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output channel (row): weight ≈ values * scale[:, None].
+def quantise_weight_per_channel(weight: torch.Tensor, limit: int = WEIGHT_LIMIT) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric integers per output channel (row): weight ≈ values * scale[:, None], |values| <= limit.
 
-    scale = max|row| / 127 in float32, values = round-half-even(weight / scale). Both divisions
+    int8 by default (limit 127), int16 for limits up to 32767. scale = max|row| / limit in float32, values = round-half-even(weight / scale). Both divisions
     are true IEEE divisions on every device (127 is passed as a tensor because some kernels turn
     division by a Python scalar into a multiplication by its reciprocal), so training code that
     fake-quantises with this function sees the grid the exact engine uses.
     """
     weight = weight.detach().to(torch.float32)
     peak = weight.abs().amax(dim=1)
-    limit = torch.tensor(float(WEIGHT_LIMIT), dtype=torch.float32, device=weight.device)
-    scale = torch.where(peak > 0, peak / limit, torch.ones_like(peak))  # an all-zero row: any scale works
-    values = torch.round(weight / scale[:, None]).clamp(-WEIGHT_LIMIT, WEIGHT_LIMIT).to(torch.int8)
+    divisor = torch.tensor(float(limit), dtype=torch.float32, device=weight.device)
+    scale = torch.where(peak > 0, peak / divisor, torch.ones_like(peak))  # an all-zero row: any scale works
+    values = torch.round(weight / scale[:, None]).clamp(-limit, limit)
+    values = values.to(torch.int8 if limit <= 127 else torch.int16)
     return values, scale
 
 
@@ -246,6 +249,13 @@ class IntegerRMSNorm:
         self.output_limit = ACTIVATION_LIMIT
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rescaled, root = self.rescaled_root(x)
+        numerator = rescaled * (self.numerator * self.gain_tensor)  # < 2**20 * 2**25 * 2**15
+        y = round_divide(numerator, root << (NORM_FRACTION_BITS + GAIN_BITS))
+        return y.clamp(-self.output_limit, self.output_limit)
+
+    def rescaled_root(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row shifted so its peak has NORM_INPUT_BITS bits, and floor(sqrt(sum of squares + eps))."""
         peak = x.abs().amax(-1, keepdim=True)
         exponent = NORM_INPUT_BITS - bit_length(peak)
         rescaled = shift_signed(x, exponent)  # |rescaled| < 2**20
@@ -256,9 +266,7 @@ class IntegerRMSNorm:
             shift_signed(self.eps_fixed.expand_as(eps_shift), eps_shift),
         )
         root = integer_sqrt((rescaled * rescaled).sum(-1, keepdim=True) + eps).clamp(min=1)
-        numerator = rescaled * (self.numerator * self.gain_tensor)  # < 2**20 * 2**25 * 2**15
-        y = round_divide(numerator, root << (NORM_FRACTION_BITS + GAIN_BITS))
-        return y.clamp(-self.output_limit, self.output_limit)
+        return rescaled, root
 
     def output_bounds(self, weight: np.ndarray) -> np.ndarray:
         """Largest |y @ weight.T| per output row for any input row (weight: int8 (out, dim)).
@@ -326,16 +334,19 @@ def integer_attention(
     score_scale: FixedPoint,
     table: torch.Tensor,
     allowed: torch.Tensor | None,
+    qk_bound: int = ACTIVATION_LIMIT,
+    v_bound: int = ACTIVATION_LIMIT,
 ) -> torch.Tensor:
     """Softmax attention on integers: q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
 
     Scores are exact dot products turned into 2**-LOGIT_FRACTION_BITS nat units; the output is the
-    softmax-weighted mean of v rounded to v's own units, so |output| <= max |v|.
+    softmax-weighted mean of v rounded to v's own units, so |output| <= max |v|. |q|, |k| <= qk_bound
+    and |v| <= v_bound.
     """
-    scores = exact_matmul(q, k.transpose(-1, -2), ACTIVATION_LIMIT, ACTIVATION_LIMIT)  # (B, H, Tq, Tk)
-    logits = requantise(scores, score_scale, in_place=True)  # |scores| < 2**36, so no clamp is needed
+    scores = exact_matmul(q, k.transpose(-1, -2), qk_bound, qk_bound)  # (B, H, Tq, Tk)
+    logits = requantise(scores, score_scale, in_place=True)  # the scale was sized for the bound: no clamp
     weights = softmax_weights(logits, table, allowed)
-    mixed = exact_matmul(weights, v, int(table[0]), ACTIVATION_LIMIT)  # (B, H, Tq, D)
+    mixed = exact_matmul(weights, v, int(table[0]), v_bound)  # (B, H, Tq, D)
     return round_divide(mixed, weights.sum(-1, keepdim=True))
 
 
@@ -355,17 +366,19 @@ def _residual_units(table: torch.Tensor, residual_scale: float, device) -> torch
 
 
 class _QuantisedLinear:
-    """An int8 weight (out, in) stored transposed as float64 for `exact_matmul`, with its scales."""
+    """An int8 (or int16) weight (out, in) stored transposed as float64 for `exact_matmul`, with its scales."""
 
-    def __init__(self, weight: torch.Tensor, device):
-        values, scales = quantise_weight_per_channel(weight.cpu())
-        self.values = values.numpy()  # int8 (out, in)
+    def __init__(self, weight: torch.Tensor, device, limit: int = WEIGHT_LIMIT, keep_values: bool = True):
+        values, scales = quantise_weight_per_channel(weight.cpu(), limit)
+        self.limit = limit
         self.scales = scales.numpy().astype(np.float64)  # real value of one unit, per output row
-        self.transposed = torch.from_numpy(self.values.T.astype(np.float64)).to(device)  # (in, out)
+        self.transposed = torch.from_numpy(values.numpy().T.astype(np.float64)).to(device)  # (in, out)
+        # int8 or int16 (out, in), for bounds; large models drop it and read `transposed` instead.
+        self.values = values.numpy() if keep_values else None
         self.inputs, self.outputs = weight.shape[1], weight.shape[0]
 
     def __call__(self, x: torch.Tensor, x_bound: int) -> torch.Tensor:
-        return exact_matmul(x, self.transposed, x_bound, WEIGHT_LIMIT)
+        return exact_matmul(x, self.transposed, x_bound, self.limit)
 
 
 class _Block:
@@ -435,79 +448,42 @@ class _Block:
         return requantise(mlp, self.mlp_proj_scale, in_place=True).add_(x)
 
 
-class ExactGPTEngine:
-    """Engine for the native GPT family whose rows are bit-identical on every device and batch shape."""
+def integer_rows(logits: torch.Tensor, output_table: torch.Tensor) -> torch.Tensor:
+    """Integer logits (N, V) in 2**-LOGIT_FRACTION_BITS nats -> integer weights (N, V) summing to 2**30.
+
+    Works in place on `logits`: at (N, V) every pass over a fresh tensor costs as much as the head
+    product itself.
+    """
+    # argmax returns the first maximal index: the first token whose weight is 2**24.
+    first_best = logits.argmax(-1, keepdim=True)  # (N, 1)
+    gaps = logits.sub_(logits.gather(-1, first_best)).neg_().clamp_(max=len(output_table) - 1)
+    raw = _lookup(output_table, gaps)  # best token: 2**24
+    # weights = floor(raw * 2**30 / total), through a 62-bit reciprocal instead of a division
+    # per entry: raw < 2**25 and reciprocal < 2**38, so the product fits in int64.
+    reciprocal = torch.div(torch.full_like(raw[:, :1], 2**62), raw.sum(-1, keepdim=True), rounding_mode="floor")
+    weights = raw.mul_(reciprocal).bitwise_right_shift_(62 - ROW_TOTAL_BITS)
+    # Each entry loses less than one unit; the first best token takes the remainder.
+    remainder = (1 << ROW_TOTAL_BITS) - weights.sum(-1, keepdim=True)
+    weights.scatter_add_(-1, first_best, remainder)
+    return weights
+
+
+class ExactEngine:
+    """What every exact engine shares: full passes in length groups, sessions, the Engine protocol.
+
+    A subclass sets vocab_size, start_token, context_length, device, settings, cache_heads and
+    cache_head_dim, and provides `_hidden` (token inputs -> final residual rows) and `_rows`
+    (residual rows -> integer weights).
+    """
 
     batch_invariant = True
+    cache_dtype = torch.float64
 
-    def __init__(self, model: GPT, device: str | torch.device = "cpu", start_token: int = 0):
-        config = model.config
-        self.config = config
-        self.device = torch.device(device)
-        self.vocab_size = config.vocab_size
-        self.start_token = int(start_token)
-        self.context_length = config.context_length
-
-        wte = model.wte.weight.detach().to(torch.float32).cpu()
-        wpe = model.wpe.weight.detach().to(torch.float32).cpu()
-        # The lookup uses the float embeddings at residual resolution; only the tied output head
-        # uses the int8 grid, as that is where wte is a matrix-product weight.
-        embedding_peak = float(max(wte.abs().max(), wpe.abs().max())) or 1.0
-        self.residual_scale = embedding_peak / 2**RESIDUAL_BITS
-        self.token_embedding = _residual_units(wte, self.residual_scale, self.device)  # (V, C)
-        self.position_embedding = _residual_units(wpe, self.residual_scale, self.device)  # (context, C)
-
-        self.blocks = [_Block(block, config, self.residual_scale, self.device) for block in model.blocks]
-        self.norm_f = IntegerRMSNorm(model.norm_f.weight, config.norm_eps, self.residual_scale, self.device)
-        self.head = _QuantisedLinear(model.wte.weight, self.device)
-        self.logit_scale = fixed_point(
-            self.norm_f.output_scale * self.head.scales * float(2**LOGIT_FRACTION_BITS),
-            config.n_embd * ACTIVATION_LIMIT * WEIGHT_LIMIT,
-            self.device,
-        )
-        self.attention_table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS), device=self.device)
-        self.output_table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, OUTPUT_EXP_BITS), device=self.device)
-
-        self.settings = {
-            "kind": "exact",
-            "version": FORMAT_VERSION,
-            "start_token": self.start_token,
-            "weight_limit": WEIGHT_LIMIT,
-            "activation_limit": ACTIVATION_LIMIT,
-            "norm_output_limit": NORM_OUTPUT_LIMIT,
-            "norm_input_bits": NORM_INPUT_BITS,
-            "norm_fraction_bits": NORM_FRACTION_BITS,
-            "gain_bits": GAIN_BITS,
-            "residual_bits": RESIDUAL_BITS,
-            "logit_fraction_bits": LOGIT_FRACTION_BITS,
-            "attention_exp_bits": ATTENTION_EXP_BITS,
-            "output_exp_bits": OUTPUT_EXP_BITS,
-            "row_total_bits": ROW_TOTAL_BITS,
-        }
-
-    # -- shared pieces ------------------------------------------------------------------------
-
-    def _embed(self, tokens: torch.Tensor, start_position: int) -> torch.Tensor:
-        positions = torch.arange(start_position, start_position + tokens.shape[1], device=self.device)
-        return self.token_embedding[tokens] + self.position_embedding[positions]  # (B, T, C)
+    def _hidden(self, inputs: torch.Tensor, start_position: int, caches=None, allowed=None) -> torch.Tensor:
+        raise NotImplementedError
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and tied head for residual rows (N, C) -> integer weights (N, V) summing to 2**30."""
-        # The same integers as softmax_weights(requantise(acc, ...)), computed in place: at (N, V)
-        # every pass over a fresh tensor costs as much as the head product itself.
-        logits = requantise(self.head(self.norm_f(x), ACTIVATION_LIMIT), self.logit_scale, in_place=True)  # (N, V)
-        # argmax returns the first maximal index: the first token whose weight is 2**24.
-        first_best = logits.argmax(-1, keepdim=True)  # (N, 1)
-        gaps = logits.sub_(logits.gather(-1, first_best)).neg_().clamp_(max=len(self.output_table) - 1)
-        raw = _lookup(self.output_table, gaps)  # best token: 2**24
-        # weights = floor(raw * 2**30 / total), through a 62-bit reciprocal instead of a division
-        # per entry: raw < 2**25 and reciprocal < 2**38, so the product fits in int64.
-        reciprocal = torch.div(torch.full_like(raw[:, :1], 2**62), raw.sum(-1, keepdim=True), rounding_mode="floor")
-        weights = raw.mul_(reciprocal).bitwise_right_shift_(62 - ROW_TOTAL_BITS)
-        # Each entry loses less than one unit; the first best token takes the remainder.
-        remainder = (1 << ROW_TOTAL_BITS) - weights.sum(-1, keepdim=True)
-        weights.scatter_add_(-1, first_best, remainder)
-        return weights
+        raise NotImplementedError
 
     def _check_tokens(self, tokens: np.ndarray) -> None:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
@@ -550,10 +526,8 @@ class ExactGPTEngine:
         inputs = np.full((len(group), longest), self.start_token, dtype=np.int64)
         for row, i in enumerate(group):
             inputs[row, 1 : len(token_lists[i])] = token_lists[i][:-1]
-        x = self._embed(torch.from_numpy(inputs).to(self.device), 0)
         causal = torch.ones(longest, longest, dtype=torch.bool, device=self.device).tril()
-        for block in self.blocks:
-            x = block(x, self.attention_table, allowed=causal)
+        x = self._hidden(torch.from_numpy(inputs).to(self.device), 0, allowed=causal)
         for row, i in enumerate(group):
             length = len(token_lists[i])
             pieces = [self._rows(x[row, s : min(length, s + HEAD_ROWS_PER_PASS)])
@@ -561,19 +535,91 @@ class ExactGPTEngine:
             results[i] = torch.cat(pieces).cpu().numpy() if pieces else np.zeros((0, self.vocab_size), np.int64)
 
 
-class _Cache:
-    """Keys or values of one layer for every position so far: (B, H, context, D).
+class ExactGPTEngine(ExactEngine):
+    """Engine for the native GPT family whose rows are bit-identical on every device and batch shape."""
 
-    Every k and v is an integer with |value| <= ACTIVATION_LIMIT, so the cache is held in the
-    float64 of the products, where it is exact: a smaller integer type would have to be converted
-    in full at every step, which cost more than the rest of the step at long prefixes.
+    def __init__(self, model: GPT, device: str | torch.device = "cpu", start_token: int = 0):
+        config = model.config
+        self.config = config
+        self.device = torch.device(device)
+        self.vocab_size = config.vocab_size
+        self.start_token = int(start_token)
+        self.context_length = config.context_length
+        self.cache_heads, self.cache_head_dim = config.n_head, config.n_embd // config.n_head
+
+        wte = model.wte.weight.detach().to(torch.float32).cpu()
+        wpe = model.wpe.weight.detach().to(torch.float32).cpu()
+        # The lookup uses the float embeddings at residual resolution; only the tied output head
+        # uses the int8 grid, as that is where wte is a matrix-product weight.
+        embedding_peak = float(max(wte.abs().max(), wpe.abs().max())) or 1.0
+        self.residual_scale = embedding_peak / 2**RESIDUAL_BITS
+        self.token_embedding = _residual_units(wte, self.residual_scale, self.device)  # (V, C)
+        self.position_embedding = _residual_units(wpe, self.residual_scale, self.device)  # (context, C)
+
+        self.blocks = [_Block(block, config, self.residual_scale, self.device) for block in model.blocks]
+        self.norm_f = IntegerRMSNorm(model.norm_f.weight, config.norm_eps, self.residual_scale, self.device)
+        self.head = _QuantisedLinear(model.wte.weight, self.device)
+        self.logit_scale = fixed_point(
+            self.norm_f.output_scale * self.head.scales * float(2**LOGIT_FRACTION_BITS),
+            config.n_embd * ACTIVATION_LIMIT * WEIGHT_LIMIT,
+            self.device,
+        )
+        self.attention_table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS), device=self.device)
+        self.output_table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, OUTPUT_EXP_BITS), device=self.device)
+
+        self.settings = {
+            "kind": "exact",
+            "version": FORMAT_VERSION,
+            "start_token": self.start_token,
+            "weight_limit": WEIGHT_LIMIT,
+            "activation_limit": ACTIVATION_LIMIT,
+            "norm_output_limit": NORM_OUTPUT_LIMIT,
+            "norm_input_bits": NORM_INPUT_BITS,
+            "norm_fraction_bits": NORM_FRACTION_BITS,
+            "gain_bits": GAIN_BITS,
+            "residual_bits": RESIDUAL_BITS,
+            "logit_fraction_bits": LOGIT_FRACTION_BITS,
+            "attention_exp_bits": ATTENTION_EXP_BITS,
+            "output_exp_bits": OUTPUT_EXP_BITS,
+            "row_total_bits": ROW_TOTAL_BITS,
+        }
+
+    def _embed(self, tokens: torch.Tensor, start_position: int) -> torch.Tensor:
+        positions = torch.arange(start_position, start_position + tokens.shape[1], device=self.device)
+        return self.token_embedding[tokens] + self.position_embedding[positions]  # (B, T, C)
+
+    def _hidden(self, inputs, start_position, caches=None, allowed=None):
+        x = self._embed(inputs, start_position)
+        for index, block in enumerate(self.blocks):
+            keys, values = caches[index] if caches is not None else (None, None)
+            x = block(x, self.attention_table, keys=keys, values=values, allowed=allowed)
+        return x
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and tied head for residual rows (N, C) -> integer weights (N, V) summing to 2**30."""
+        logits = requantise(self.head(self.norm_f(x), ACTIVATION_LIMIT), self.logit_scale, in_place=True)  # (N, V)
+        return integer_rows(logits, self.output_table)
+
+
+class _Cache:
+    """Keys or values of one layer for every position so far: (B, H, positions, D), grown as needed.
+
+    Every k and v is an integer that a float type holds exactly (float64 for the native engine,
+    float32 for the Llama engine's values below 2**21), so the cache is kept in the float type of
+    the products: an integer type would have to be converted in full at every step, which cost
+    more than the rest of the step at long prefixes.
     """
 
-    def __init__(self, batch_size, heads, length, head_dim, device):
-        self.store = torch.zeros(batch_size, heads, length, head_dim, dtype=torch.float64, device=device)
+    def __init__(self, batch_size, heads, length, head_dim, device, dtype=torch.float64):
+        self.length = length
+        self.store = torch.zeros(batch_size, heads, min(length, 64), head_dim, dtype=dtype, device=device)
         self.position = 0
 
     def __call__(self, new: torch.Tensor) -> torch.Tensor:
+        if self.position >= self.store.shape[2]:  # grow by doubling, up to the context
+            grown = self.store.new_zeros(*self.store.shape[:2], min(self.length, 2 * self.store.shape[2]), self.store.shape[3])
+            grown[:, :, : self.store.shape[2]] = self.store
+            self.store = grown
         self.store[:, :, self.position : self.position + 1] = new
         return self.store[:, :, : self.position + 1]
 
@@ -581,14 +627,13 @@ class _Cache:
 class ExactSession:
     """Incremental decoding: each `advance` feeds one token per row (the first call feeds start tokens)."""
 
-    def __init__(self, engine: ExactGPTEngine, batch_size: int):
+    def __init__(self, engine: ExactEngine, batch_size: int):
         self.engine = engine
         self.batch_size = batch_size
         self.position = 0
-        config = engine.config
-        head_dim = config.n_embd // config.n_head
         self.caches = [
-            tuple(_Cache(batch_size, config.n_head, config.context_length, head_dim, engine.device) for _ in range(2))
+            tuple(_Cache(batch_size, engine.cache_heads, engine.context_length, engine.cache_head_dim, engine.device,
+                         engine.cache_dtype) for _ in range(2))
             for _ in engine.blocks
         ]
 
@@ -599,9 +644,8 @@ class ExactSession:
         engine._check_tokens(tokens)
         if self.position >= engine.context_length:
             raise ValueError(f"the session is full: the context holds {engine.context_length} positions")
-        x = engine._embed(torch.from_numpy(tokens).to(engine.device)[:, None], self.position)  # (B, 1, C)
-        for block, (keys, values) in zip(engine.blocks, self.caches):
+        for keys, values in self.caches:
             keys.position = values.position = self.position
-            x = block(x, engine.attention_table, keys=keys, values=values)
+        x = engine._hidden(torch.from_numpy(tokens).to(engine.device)[:, None], self.position, caches=self.caches)
         self.position += 1
         return engine._rows(x[:, 0]).cpu().numpy()

@@ -37,20 +37,39 @@ class LoadedModel:
     context_length: int
     size_bytes: int  # bytes of the model's files on disk
     backend: object = field(repr=False)  # torch module (native) or transformers model
+    _exact_engines: dict = field(default_factory=dict, repr=False)
 
     def engine(self, *, exact: bool | None = None, device: str = "cpu", batch_size: int = 16, threads: int | None = None):
         """The engine this model compresses with; exact by default where the model supports it."""
         from ..engine.float import FloatEngine
 
+        unsupported = self.exact_unsupported()
         if exact is None:
-            exact = self.source in ("builtin", "native")
-        if exact:
-            if self.source not in ("builtin", "native"):
-                raise ModelError(f"model '{self.name}' has no exact engine; only native llmzip models do")
+            exact = unsupported is None
+        if not exact:
+            return FloatEngine(self, device=device, batch_size=batch_size, threads=threads)
+        if unsupported is not None:
+            raise ModelError(f"model '{self.name}' has no exact engine: {unsupported}; use the float engine")
+        if self.source in ("builtin", "native"):
             from ..engine.exact import ExactGPTEngine
 
             return ExactGPTEngine(self.backend, device=device, start_token=self.tokenizer.start_token)
-        return FloatEngine(self, device=device, batch_size=batch_size, threads=threads)
+        from ..engine.exact_llama import ExactLlamaEngine
+
+        key = (str(device), self.context_length)
+        if key not in self._exact_engines:  # building one quantises every weight: seconds for 100M parameters
+            self._exact_engines[key] = ExactLlamaEngine(
+                self.backend, device=device, start_token=self.tokenizer.start_token, context_length=self.context_length
+            )
+        return self._exact_engines[key]
+
+    def exact_unsupported(self) -> str | None:
+        """None when the exact engine covers this model, else why not."""
+        if self.source in ("builtin", "native"):
+            return None
+        from ..engine.exact_llama import llama_support
+
+        return llama_support(self.backend.config)
 
 
 def builtin_names() -> list[str]:
