@@ -1,7 +1,8 @@
 """Check that the exact engine gives the same rows on every device and pass shape.
 
-Tokenises a text file with a model directory's tokenizer, cuts the tokens into chunks of
-context_length - 1 and computes every chunk's rows several ways:
+Tokenises a text file with a model's tokenizer (a built-in name, a native model directory, or a
+Hugging Face / GGUF Llama model), cuts the tokens into chunks as compression does and computes
+every chunk's rows several ways:
 
 - with CUDA: CPU full pass (reference), CUDA full pass, CUDA incremental decoding;
 - without:   CPU full pass with 1 thread (reference), with 2 threads, CPU incremental decoding.
@@ -13,7 +14,7 @@ It prints how many positions were compared and how many rows differ in any bit, 
 exact engine's compressed size (through the real coder) against the float model's ideal
 cross-entropy on the same text, in bits per byte.
 
-    python scripts/verify_exact_engine.py MODEL_DIR TEXT_FILE [--positions 50000]
+    python scripts/verify_exact_engine.py MODEL TEXT_FILE [--positions 50000]
 """
 
 from __future__ import annotations
@@ -28,20 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmzip import coder
-from llmzip.engine.exact import ExactGPTEngine
-from llmzip.models.gpt import TOKENIZER_FILE, load_gpt
-
-START_TOKEN = 0
+from llmzip import coder, models
+from llmzip.api import MAX_CHUNK_TOKENS
 
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="native GPT model directory, tokenizer.json included")
+    parser.add_argument("model", help="built-in model name, native model directory, Hugging Face directory or GGUF file")
     parser.add_argument("text", type=Path, help="UTF-8 text file to tokenise")
     parser.add_argument("--positions", type=int, default=50_000, help="positions to compare (default 50000)")
     parser.add_argument("--incremental-positions", type=int, default=None,
                         help="positions to decode incrementally (default: all of them)")
+    parser.add_argument("--chunk-tokens", type=int, default=None,
+                        help="tokens per chunk (default: as compression, the context less one, at most %d)" % MAX_CHUNK_TOKENS)
     parser.add_argument("--batch-size", type=int, default=64, help="chunks per incremental session (default 64)")
     parser.add_argument("--round-trip-bytes", type=int, default=100_000,
                         help="bytes of the text compressed on one device and decoded on the other (default 100000)")
@@ -59,29 +59,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def load_chunks(model_directory: Path, text_path: Path, positions: int, chunk_length: int):
+def load_chunks(tokenizer, text_path: Path, positions: int, chunk_length: int):
     """Token chunks covering the first `positions` tokens, and the number of text bytes they cover."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model_directory / TOKENIZER_FILE))
-    text = text_path.read_text(encoding="utf-8")
-    encoding = tokenizer.encode(text)
-    ids = np.asarray(encoding.ids[:positions], dtype=np.int64)
+    ids = tokenizer.tokenize(text_path.read_bytes())[:positions]
     if len(ids) < positions:
         print(f"note: the text has only {len(ids)} tokens", file=sys.stderr)
-    covered_characters = encoding.offsets[len(ids) - 1][1] if len(ids) else 0
-    covered_bytes = len(text[:covered_characters].encode("utf-8"))
+    covered_bytes = sum(len(tokenizer.token_bytes[token]) for token in ids.tolist())
     chunks = [ids[start : start + chunk_length] for start in range(0, len(ids), chunk_length)]
     return chunks, covered_bytes
 
 
-def full_pass(engine: ExactGPTEngine, chunks) -> tuple[list[np.ndarray], float]:
+def full_pass(engine, chunks) -> tuple[list[np.ndarray], float]:
     began = time.perf_counter()
     rows = engine.sequence_weights(chunks)
     return rows, time.perf_counter() - began
 
 
-def incremental(engine: ExactGPTEngine, chunks, batch_size: int) -> tuple[list[np.ndarray], float]:
+def incremental(engine, chunks, batch_size: int) -> tuple[list[np.ndarray], float]:
     """Decode each chunk one position at a time, `batch_size` chunks per session."""
     began = time.perf_counter()
     results = []
@@ -111,7 +105,9 @@ def float_bits(model, chunks, start_token: int, device) -> float:
     with torch.no_grad():
         for chunk in chunks:
             inputs = torch.from_numpy(np.concatenate([[start_token], chunk[:-1]])).to(device)[None]
-            log_p = torch.log_softmax(model(inputs)[0].double(), dim=-1)
+            output = model(inputs)
+            logits = getattr(output, "logits", output)  # Hugging Face models return an output object
+            log_p = torch.log_softmax(logits[0].double(), dim=-1)
             total -= float(log_p[torch.arange(len(chunk), device=device), torch.from_numpy(chunk).to(device)].sum())
     model.to("cpu")
     return total / math.log(2)
@@ -125,7 +121,7 @@ def coded_bits(chunks, rows) -> int:
     return 8 * len(encoder.finish())
 
 
-def cross_round_trip(model_directory: Path, data: bytes, settings: list[tuple[str, str, int]]) -> int:
+def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: list[tuple[str, str, int]]) -> int:
     """Compress with each setting and decode with every other; the number of failed round trips."""
     import llmzip
 
@@ -133,7 +129,8 @@ def cross_round_trip(model_directory: Path, data: bytes, settings: list[tuple[st
     for name, device, threads in settings:
         torch.set_num_threads(threads)
         began = time.perf_counter()
-        packed = llmzip.compress(data, model=str(model_directory), engine="exact", device=device, xz_fallback=False)
+        packed = llmzip.compress(data, model=model_name, engine="exact", device=device, chunk_tokens=chunk_tokens,
+                                 xz_fallback=False)
         seconds = time.perf_counter() - began
         print(f"compressed on {name}: {len(data)} -> {len(packed)} bytes ({8 * len(packed) / len(data):.4f} bits/byte), "
               f"{len(data) / seconds / 1000:.1f} KB/s")
@@ -154,14 +151,17 @@ def cross_round_trip(model_directory: Path, data: bytes, settings: list[tuple[st
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    model = load_gpt(arguments.model)
-    chunk_length = model.config.context_length - 1
-    chunks, covered_bytes = load_chunks(arguments.model, arguments.text, arguments.positions, chunk_length)
+    loaded = models.load_model(arguments.model)
+    model, start_token = loaded.backend, loaded.tokenizer.start_token
+    limit = min(loaded.context_length - 1, MAX_CHUNK_TOKENS)
+    chunk_length = min(arguments.chunk_tokens or limit, limit)
+    chunks, covered_bytes = load_chunks(loaded.tokenizer, arguments.text, arguments.positions, chunk_length)
     incremental_chunks = chunks
     if arguments.incremental_positions is not None:
         incremental_chunks = chunks[: max(1, math.ceil(arguments.incremental_positions / chunk_length))]
     use_cuda = torch.cuda.is_available() and not arguments.cpu_only
-    print(f"model: {arguments.model} ({model.num_parameters():,} parameters, {model.config})")
+    print(f"model: {arguments.model} ({loaded.source}, {loaded.parameters:,} parameters, context {loaded.context_length}, "
+          f"chunks of {chunk_length} tokens)")
     print(f"text: {arguments.text}: {sum(map(len, chunks))} positions in {len(chunks)} chunks, {covered_bytes} bytes")
     print(f"torch {torch.__version__}; CPU: {cpu_name()}, {torch.get_num_threads()} threads")
 
@@ -169,10 +169,10 @@ def main(argv=None) -> int:
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         print(f"CUDA: {torch.cuda.get_device_name()}")
-        cpu_engine = ExactGPTEngine(model, device="cpu", start_token=START_TOKEN)
+        cpu_engine = loaded.engine(exact=True, device="cpu")
         reference, seconds = full_pass(cpu_engine, chunks)
         print(f"CPU full pass: {sum(map(len, chunks)) / seconds:.0f} positions/s")
-        cuda_engine = ExactGPTEngine(model, device="cuda", start_token=START_TOKEN)
+        cuda_engine = loaded.engine(exact=True, device="cuda")
         full_pass(cuda_engine, chunks[:1])  # warm-up
         rows, seconds = full_pass(cuda_engine, chunks)
         print(f"CUDA full pass: {sum(map(len, chunks)) / seconds:.0f} positions/s")
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         mismatches += compare("CPU full pass vs CUDA incremental", reference, rows)
     else:
         print("CUDA: not available; comparing CPU thread counts and pass shapes")
-        engine = ExactGPTEngine(model, device="cpu", start_token=START_TOKEN)
+        engine = loaded.engine(exact=True, device="cpu")
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
@@ -204,11 +204,11 @@ def main(argv=None) -> int:
         settings = [("CUDA", "cuda", threads), ("CPU", "cpu", threads)]
     else:
         settings = [("CPU, 1 thread", "cpu", 1), ("CPU, 2 threads", "cpu", 2)]
-    mismatches += cross_round_trip(arguments.model, text_bytes, settings)
+    mismatches += cross_round_trip(arguments.model, text_bytes, chunk_length, settings)
     torch.set_num_threads(threads)
 
     exact = coded_bits(chunks, reference) / max(1, covered_bytes)
-    ideal = float_bits(model, chunks, START_TOKEN, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
+    ideal = float_bits(model, chunks, start_token, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
     print(f"bits per byte: exact engine {exact:.4f} (coded), float model {ideal:.4f} (ideal), "
           f"difference {exact - ideal:+.4f}")
     print("RESULT:", "all rows identical, every file decoded" if mismatches == 0
