@@ -140,7 +140,7 @@ def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: 
             torch.set_num_threads(other_threads)
             began = time.perf_counter()
             try:
-                same = llmzip.decompress(packed, device=other_device) == data
+                same = llmzip.decompress(packed, model=model_name, device=other_device) == data
             except llmzip.LLMZipError as error:
                 same, _ = False, print(f"  decode failed: {error}")
             seconds = time.perf_counter() - began

@@ -72,7 +72,10 @@ def code_length_bits(symbols: np.ndarray, weights: np.ndarray) -> np.ndarray:
     A probability below the coder's smallest count (2^-precision) is counted at that floor,
     since the coder gives every symbol at least that much.
     """
-    rows = _as_rows(weights)
-    totals = rows.sum(axis=1)
-    chosen = np.maximum(rows[np.arange(len(symbols)), symbols], totals * 2.0 ** -CODER_SETTINGS["precision"])
+    if np.ndim(weights) != 2:
+        raise ValueError("weights must be a (positions, vocabulary) array")
+    # Only the chosen entries and the row sums are needed: no float copy of the whole rows.
+    totals = np.asarray(weights.sum(axis=1), dtype=np.float64)
+    chosen = np.asarray(weights[np.arange(len(symbols)), symbols], dtype=np.float64)
+    chosen = np.maximum(chosen, totals * 2.0 ** -CODER_SETTINGS["precision"])
     return np.log2(totals) - np.log2(chosen)

@@ -178,8 +178,8 @@ def requantise(
     With `in_place` the result overwrites x, which must be an int64 temporary at least as large as
     the scale's shape: the same integers without allocating a new tensor per step.
     """
-    if in_place:
-        y = x.mul_(scale.multiplier).add_(scale.half).bitwise_right_shift_(scale.shift)
+    if in_place:  # x * multiplier + half in one pass over x
+        y = torch.addcmul(scale.half, x, scale.multiplier, out=x).bitwise_right_shift_(scale.shift)
         return y if low is None and high is None else y.clamp_(low, high)
     y = (x * scale.multiplier + scale.half) >> scale.shift
     return y if low is None and high is None else y.clamp(low, high)
@@ -314,11 +314,15 @@ def exp_table(fraction_bits: int, value_bits: int) -> list[int]:
 
 
 def softmax_weights(logits: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Integer softmax numerators table[max - logit] along the last axis; disallowed entries get 0."""
+    """Integer softmax numerators table[max - logit] along the last axis; disallowed entries get 0.
+
+    Overwrites `logits` (an int64 temporary) with the gaps: at (B, H, T, T) every fresh tensor costs
+    a pass over memory.
+    """
     if allowed is not None:
         # Far below any real logit, so its gap lands on the table's final 0.
-        logits = logits.masked_fill(~allowed, -(2**61))
-    gaps = torch.sub(logits.amax(-1, keepdim=True), logits).clamp_(max=len(table) - 1)
+        logits.masked_fill_(~allowed, -(2**61))
+    gaps = torch.sub(logits.amax(-1, keepdim=True), logits, out=logits).clamp_(max=len(table) - 1)
     return _lookup(table, gaps)
 
 
@@ -532,7 +536,10 @@ class ExactEngine:
             length = len(token_lists[i])
             pieces = [self._rows(x[row, s : min(length, s + HEAD_ROWS_PER_PASS)])
                       for s in range(0, length, HEAD_ROWS_PER_PASS)]
-            results[i] = torch.cat(pieces).cpu().numpy() if pieces else np.zeros((0, self.vocab_size), np.int64)
+            if not pieces:
+                results[i] = np.zeros((0, self.vocab_size), np.int64)
+            else:
+                results[i] = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).cpu().numpy()  # one piece: no copy
 
 
 class ExactGPTEngine(ExactEngine):
