@@ -121,6 +121,10 @@ def coded_bits(chunks, rows) -> int:
     return 8 * len(encoder.finish())
 
 
+def rate(size: int, seconds: float) -> str:
+    return f"{seconds:.1f} s, {size / seconds / 1000:.3g} KB/s"
+
+
 def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: list[tuple[str, str, int]]) -> int:
     """Compress with each setting and decode with every other; the number of failed round trips."""
     import llmzip
@@ -133,7 +137,7 @@ def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: 
                                  xz_fallback=False)
         seconds = time.perf_counter() - began
         print(f"compressed on {name}: {len(data)} -> {len(packed)} bytes ({8 * len(packed) / len(data):.4f} bits/byte), "
-              f"{len(data) / seconds / 1000:.1f} KB/s")
+              f"{rate(len(data), seconds)}")
         for other_name, other_device, other_threads in settings:
             if other_name == name:
                 continue
@@ -145,7 +149,7 @@ def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: 
                 same, _ = False, print(f"  decode failed: {error}")
             seconds = time.perf_counter() - began
             failures += not same
-            print(f"  decoded on {other_name}: {'identical' if same else 'DIFFERENT'}, {len(data) / seconds / 1000:.1f} KB/s")
+            print(f"  decoded on {other_name}: {'identical' if same else 'DIFFERENT'}, {rate(len(data), seconds)}")
     return failures
 
 

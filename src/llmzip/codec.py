@@ -273,6 +273,12 @@ def _lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int]):
             feed[row] = token_at(row, step)
 
 
+# The exact engine decodes up to this many chunks of consecutive groups in lockstep, within a
+# budget for their key/value caches (a 135M-parameter Llama needs ~47 MB per 1023-token chunk).
+LOCKSTEP_CHUNKS = 64
+LOCKSTEP_CACHE_BYTES = 2**28
+
+
 class StreamDecoder:
     """Reads an llmzip stream and yields the original bytes, verifying every checksum."""
 
@@ -289,21 +295,53 @@ class StreamDecoder:
     def __iter__(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = 0
-        while True:
-            record = container.read_record(self.source, self.batch_size)
-            if isinstance(record, EndRecord):
-                break
-            if isinstance(record, dict):
-                self._take_model_settings(record)
-                continue
-            for data in self._decode_group(record):
+        for records in self._groups():
+            for data in self._decode_group(records):
                 digest.update(data)
                 size += len(data)
                 yield data
-        if record.content_size != size or record.sha256 != digest.digest():
+        end = self._end
+        if end.content_size != size or end.sha256 != digest.digest():
             raise CorruptError("the decoded data does not match the original's checksum; the file is damaged")
         if self.source.read(1):
             raise CorruptError("there is data after the end of the llmzip stream")
+
+    def _groups(self) -> Iterator[list[ChunkRecord]]:
+        """The chunk groups as written; with the exact engine, consecutive groups are joined.
+
+        Exact rows do not depend on the batch, so decoding more chunks in lockstep than the encoder
+        grouped changes no bit and shares each step's fixed cost among more chunks.
+        """
+        pending: list[ChunkRecord] = []
+        while True:
+            record = container.read_record(self.source, self.batch_size)
+            if isinstance(record, (EndRecord, dict)) and pending:
+                yield pending
+                pending = []
+            if isinstance(record, EndRecord):
+                self._end = record
+                return
+            if isinstance(record, dict):
+                self._take_model_settings(record)
+                continue
+            pending += record
+            if len(pending) >= self._lockstep_limit():
+                yield pending
+                pending = []
+
+    def _lockstep_limit(self) -> int:
+        """How many chunks to decode together: 0 (each group alone) unless the engine is exact."""
+        engine_settings = (self.model_settings or {}).get("engine")
+        if not isinstance(engine_settings, dict) or engine_settings.get("kind") != "exact":
+            return 0
+        if self._engine is None:
+            self._engine, self._tokenizer = self._engine_for(self.model_settings)
+        engine = self._engine
+        if not getattr(engine, "batch_invariant", False):
+            return 0
+        cache_bytes = (len(engine.blocks) * 2 * engine.cache_heads * engine.cache_head_dim * self.chunk_tokens
+                       * engine.cache_dtype.itemsize)  # keys and values of one chunk
+        return max(1, min(LOCKSTEP_CHUNKS, LOCKSTEP_CACHE_BYTES // max(1, cache_bytes)))
 
     def _take_model_settings(self, settings: dict) -> None:
         if self.model_settings is not None:
