@@ -77,7 +77,7 @@ def test_reports_in_markdown_csv_and_json(first_run, tiny_model):
 def test_a_second_run_comes_from_the_cache(first_run, monkeypatch):
     out, argv = first_run
 
-    def measure_again(codec, data):
+    def measure_again(codec, data, repeat=1):
         raise AssertionError(f"{codec.label} measured again despite the cache")
 
     monkeypatch.setattr(bench, "measure", measure_again)
@@ -85,6 +85,15 @@ def test_a_second_run_comes_from_the_cache(first_run, monkeypatch):
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert all(row["cached"] for row in document["rows"])
     assert "(cached)" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_repeat_keeps_the_fastest_of_verified_round_trips(monkeypatch):
+    times = iter([0.0, 5.0, 9.0, 10.0, 12.0, 13.0])  # compress 5 then 2 seconds, decompress 4 then 1
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(times))
+    codec = bench.BASELINES["gzip"]()
+    row = bench.measure(codec, b"some text " * 20, repeat=2)
+    assert row["verified"] and row["compress_seconds"] == 2.0 and row["decompress_seconds"] == 1.0
+    assert bench.Cache.key("0" * 64, codec, 2) != bench.Cache.key("0" * 64, codec)
 
 
 def test_published_figures_sit_beside_their_file(tmp_path):
@@ -132,3 +141,5 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("a")
     assert main(["bench", str(tmp_path / "a.txt"), "--models", "", "--baselines", "lz4", "--out", str(tmp_path)]) == 1
     assert "unknown baseline 'lz4'" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "a.txt"), "--models", "", "--repeat", "0", "--out", str(tmp_path)]) == 1
+    assert "--repeat must be at least 1" in capsys.readouterr().err
