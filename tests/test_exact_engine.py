@@ -230,3 +230,20 @@ def test_in_place_requantise_and_output_rows_match_the_plain_definitions(sharp_e
     first_best = torch.where(raw == 2**24, torch.arange(raw.shape[1]), raw.shape[1]).amin(-1)
     expected[torch.arange(5), first_best] += 2**30 - expected.sum(-1)
     assert torch.equal(sharp_engine._rows(x), expected)
+
+
+def test_long_causal_attention_in_query_blocks_gives_the_same_integers(monkeypatch):
+    from llmzip.engine import exact
+    from llmzip.engine.exact import ATTENTION_EXP_BITS, LOGIT_FRACTION_BITS, fixed_point, integer_attention
+
+    generator = torch.Generator().manual_seed(11)
+    B, H, T, D, bound = 2, 3, 600, 16, 2000
+    q, k, v = (torch.randint(-bound, bound + 1, (B, H, T, D), generator=generator) for _ in range(3))
+    # Scores a few nats apart: most keys keep some weight, so a key left out would show.
+    scale = fixed_point(np.array([1e-4, 4e-4, 1e-3]), D * bound * bound).view(1, H, 1, 1)
+    table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    blocked = integer_attention(q, k, v, scale, table, causal, bound, bound)
+    assert T > exact.ATTENTION_QUERY_BLOCK  # the blocked path ran
+    monkeypatch.setattr(exact, "ATTENTION_QUERY_BLOCK", T)
+    assert torch.equal(blocked, integer_attention(q, k, v, scale, table, causal, bound, bound))

@@ -68,6 +68,7 @@ ATTENTION_EXP_BITS = 16  # softmax weight of the best key inside attention
 OUTPUT_EXP_BITS = 24  # softmax weight of the best token before normalising the row
 ROW_TOTAL_BITS = 30  # every output row sums to exactly 2**30
 HEAD_ROWS_PER_PASS = 256  # positions per output-head product, to bound memory
+ATTENTION_QUERY_BLOCK = 256  # queries per block of a long full pass
 
 # The largest integer up to which every integer is exact in each float format.
 EXACT_INTEGER_LIMIT = {torch.float32: 2**24, torch.float64: 2**53}
@@ -345,8 +346,19 @@ def integer_attention(
 
     Scores are exact dot products turned into 2**-LOGIT_FRACTION_BITS nat units; the output is the
     softmax-weighted mean of v rounded to v's own units, so |output| <= max |v|. |q|, |k| <= qk_bound
-    and |v| <= v_bound.
+    and |v| <= v_bound. With a mask, every query must be allowed at least one key (a causal mask is).
     """
+    queries = q.shape[-2]
+    if allowed is not None and queries > ATTENTION_QUERY_BLOCK:
+        # A long full pass in blocks of queries, each against the keys up to the last one it may
+        # see: a causal mask makes the rest 0 anyway, so the integers are the same for half the work.
+        outputs = []
+        for start in range(0, queries, ATTENTION_QUERY_BLOCK):
+            mask = allowed[..., start : start + ATTENTION_QUERY_BLOCK, :]
+            seen = int(mask.reshape(-1, mask.shape[-1]).any(0).nonzero().max()) + 1 if mask.any() else 1
+            outputs.append(integer_attention(q[..., start : start + ATTENTION_QUERY_BLOCK, :], k[..., :seen, :],
+                                             v[..., :seen, :], score_scale, table, mask[..., :seen], qk_bound, v_bound))
+        return torch.cat(outputs, dim=-2)
     scores = exact_matmul(q, k.transpose(-1, -2), qk_bound, qk_bound)  # (B, H, Tq, Tk)
     logits = requantise(scores, score_scale, in_place=True)  # the scale was sized for the bound: no clamp
     weights = softmax_weights(logits, table, allowed)
