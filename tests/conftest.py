@@ -70,6 +70,18 @@ def other_model(tmp_path_factory) -> str:
     return str(make_model_directory(tmp_path_factory.mktemp("models") / "other", seed=1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny products gain nothing from threads, and on a busy
+    machine thread start-up dominates. Tests that compare thread counts set their own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def random_bytes():
     return random.Random(1234).randbytes(3000)

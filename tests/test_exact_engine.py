@@ -43,13 +43,7 @@ def make_model(seed: int, n_embd: int = 64, sharpen: bool = False) -> GPT:
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny products gain nothing from threads, and on a busy machine thread start-up dominates.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

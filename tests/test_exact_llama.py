@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 VOCAB = 300
 
@@ -32,12 +35,6 @@ def make_llama(seed: int, intermediate_size: int = 160, tie: bool = True):
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from .exact import (
     IntegerRMSNorm,
     _QuantisedLinear,
     _lookup,
+    _positive,
     _residual_units,
     bit_length,
     exp_table,
@@ -153,10 +154,6 @@ def _norm_bounds(linear: _QuantisedLinear, dim: int, unit: int) -> np.ndarray:
         inner = dim * unit * unit * square
         bounds.append((math.isqrt(inner - 1) + 1 if inner > 0 else 0) + l1 + 1)
     return np.array(bounds, dtype=np.float64)
-
-
-def _positive(bounds: np.ndarray) -> np.ndarray:
-    return np.where(bounds > 0, bounds, 1.0)
 
 
 class _UnitRMSNorm(IntegerRMSNorm):
