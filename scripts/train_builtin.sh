@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the built-in models from scratch: corpus, tokenizer, weights, model cards.
 #
-#   bash scripts/train_builtin.sh            # every model
+#   bash scripts/train_builtin.sh            # the CPU models (small, tiny)
 #   bash scripts/train_builtin.sh tiny       # one of them
+#   bash scripts/train_builtin.sh base       # a GPU model: runs of at most 9 minutes; repeat the
+#   bash scripts/train_builtin.sh base       # same command until the model is written
 #
 # The corpus comes from ../shared/corpora/train and Debian packages (scripts/build_corpus.py).
 # Runs are scheduled by training time (--time-budget-minutes) because they were made on a
@@ -24,6 +26,13 @@ for name in ${@:-small tiny}; do
             "$LLMZIP" train "${common[@]}" -o data/runs/llmzip-tiny/model --work-dir data/runs/llmzip-tiny \
                 --preset tiny --tokenizer src/llmzip/builtin/llmzip-small/tokenizer.json \
                 --time-budget-minutes 40 --threads 1 ;;
-        *) echo "unknown model $name (small, tiny)" >&2; exit 2 ;;
+        base|large)  # ~8.6M and ~34M parameters on a CUDA GPU, each with its own tokenizer; the
+                     # time budget counts training time across runs, so every run resumes the last
+            resume=(); [ -f data/runs/llmzip-$name/checkpoint.pt ] && resume=(--resume)
+            budget=$([ "$name" = base ] && echo 25 || echo 60)
+            "$LLMZIP" train "${common[@]}" -o data/runs/llmzip-$name/model --work-dir data/runs/llmzip-$name \
+                --preset "$name" --batch-size 64 --device cuda --time-budget-minutes "$budget" \
+                --max-minutes 9 "${resume[@]}" ;;
+        *) echo "unknown model $name (small, tiny, base, large)" >&2; exit 2 ;;
     esac
 done
