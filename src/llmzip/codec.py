@@ -336,12 +336,10 @@ class StreamDecoder:
             return 0
         if self._engine is None:
             self._engine, self._tokenizer = self._engine_for(self.model_settings)
-        engine = self._engine
-        if not getattr(engine, "batch_invariant", False):
+        if not self._engine.batch_invariant:
             return 0
-        cache_bytes = (len(engine.blocks) * 2 * engine.cache_heads * engine.cache_head_dim * self.chunk_tokens
-                       * engine.cache_dtype.itemsize)  # keys and values of one chunk
-        return max(1, min(LOCKSTEP_CHUNKS, LOCKSTEP_CACHE_BYTES // max(1, cache_bytes)))
+        chunk_bytes = max(1, self._engine.cache_bytes(self.chunk_tokens))
+        return max(1, min(LOCKSTEP_CHUNKS, LOCKSTEP_CACHE_BYTES // chunk_bytes))
 
     def _take_model_settings(self, settings: dict) -> None:
         if self.model_settings is not None:

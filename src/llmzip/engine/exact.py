@@ -82,10 +82,11 @@ EXACT_INTEGER_LIMIT = {torch.float32: 2**24, torch.float64: 2**53}
 def quantise_weight_per_channel(weight: torch.Tensor, limit: int = WEIGHT_LIMIT) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric integers per output channel (row): weight ≈ values * scale[:, None], |values| <= limit.
 
-    int8 by default (limit 127), int16 for limits up to 32767. scale = max|row| / limit in float32, values = round-half-even(weight / scale). Both divisions
-    are true IEEE divisions on every device (127 is passed as a tensor because some kernels turn
-    division by a Python scalar into a multiplication by its reciprocal), so training code that
-    fake-quantises with this function sees the grid the exact engine uses.
+    int8 by default (limit 127), int16 for limits up to 32767. scale = max|row| / limit in float32,
+    values = round-half-even(weight / scale). Both divisions are true IEEE divisions on every device
+    (the limit is passed as a tensor because some kernels turn division by a Python scalar into a
+    multiplication by its reciprocal), so training code that fake-quantises with this function sees
+    the grid the exact engine uses.
     """
     weight = weight.detach().to(torch.float32)
     peak = weight.abs().amax(dim=1)
@@ -509,6 +510,10 @@ class ExactEngine:
 
     def start(self, batch_size: int) -> "ExactSession":
         return ExactSession(self, batch_size)
+
+    def cache_bytes(self, positions: int) -> int:
+        """Memory of one sequence's keys and values over `positions` positions in a session."""
+        return len(self.blocks) * 2 * self.cache_heads * self.cache_head_dim * positions * self.cache_dtype.itemsize
 
     @torch.no_grad()
     def sequence_weights(self, token_lists: list[np.ndarray]) -> list[np.ndarray]:

@@ -37,7 +37,7 @@ class LoadedModel:
     context_length: int
     size_bytes: int  # bytes of the model's files on disk
     backend: object = field(repr=False)  # torch module (native) or transformers model
-    _exact_engines: dict = field(default_factory=dict, repr=False)
+    _exact_engines: dict = field(default_factory=dict, repr=False)  # Llama exact engines by device, built once
 
     def engine(self, *, exact: bool | None = None, device: str = "cpu", batch_size: int = 16, threads: int | None = None):
         """The engine this model compresses with; exact by default where the model supports it."""
@@ -56,7 +56,7 @@ class LoadedModel:
             return ExactGPTEngine(self.backend, device=device, start_token=self.tokenizer.start_token)
         from ..engine.exact_llama import ExactLlamaEngine
 
-        key = (str(device), self.context_length)
+        key = str(device)
         if key not in self._exact_engines:  # building one quantises every weight: seconds for 100M parameters
             self._exact_engines[key] = ExactLlamaEngine(
                 self.backend, device=device, start_token=self.tokenizer.start_token, context_length=self.context_length
