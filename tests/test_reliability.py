@@ -329,3 +329,27 @@ def test_threads_with_their_own_compressor_share_a_model(tiny_model):
     for index, text in enumerate(texts):
         assert results[index] == [expected[index]] * 2  # the same bytes as alone, every time
         assert llmzip.decompress(results[index][0], model=tiny_model) == text
+
+
+# 7. Cost: no model runs where xz is sure to win.
+
+def test_a_run_of_one_byte_skips_the_model_and_writes_the_same_bytes(monkeypatch):
+    from llmzip import codec
+
+    data = b"The run of one byte below is xz's to code.\n" + b"a" * 2048 + b"\nand some words after it.\n"
+    runs = []
+    real_encode = codec.encode_chunks
+
+    def counting(engine, token_lists):
+        runs.append(sum(map(len, token_lists)))
+        return real_encode(engine, token_lists)
+
+    monkeypatch.setattr(codec, "encode_chunks", counting)
+    compressor = llmzip.Compressor(model="llmzip-tiny", device="cpu", chunk_tokens=32, batch_size=4)
+    packed = compressor.compress(data)
+    skipped_runs = sum(runs)
+    assert llmzip.decompress(packed) == data
+    runs.clear()
+    monkeypatch.setattr(codec.StreamEncoder, "_least_model_size", lambda self, group: -1)  # always ask the model
+    assert compressor.compress(data) == packed
+    assert skipped_runs < sum(runs) // 4  # the run's 2048 tokens never reached the model

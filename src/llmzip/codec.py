@@ -28,6 +28,7 @@ from .errors import CorruptError
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+MIN_MODEL_PAYLOAD = 4  # the range coder ends every chunk of one token or more with at least one 32-bit word
 
 
 @dataclass
@@ -145,6 +146,11 @@ class StreamEncoder:
     def _code_group(self, group: list[tuple[bytes, np.ndarray]]) -> tuple[list[ChunkRecord], Summary]:
         """The group's records, and what its model-coded chunks add to the summary."""
         stats = Summary()
+        fallback = _raw_chunk(b"".join(raw for raw, _ in group)) if self.xz_fallback else None
+        if fallback is not None and len(fallback.payload) <= self._least_model_size(group):
+            # xz already beats anything the model could write (a run of one byte, say): the choice
+            # below would be this xz chunk whatever the model predicted, so it need not run.
+            return [fallback], stats
         coded = encode_chunks(self.engine, [tokens for _, tokens in group])
         keep = [len(payload) < len(raw) for (raw, _), (payload, _) in zip(group, coded)]
         if not all(keep) and any(keep) and not self.engine.batch_invariant:
@@ -152,12 +158,11 @@ class StreamEncoder:
             recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k]))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
         if not any(keep):
-            return [_raw_chunk(b"".join(raw for raw, _ in group))], stats
-        if self.xz_fallback:
+            return [fallback or _raw_chunk(b"".join(raw for raw, _ in group))], stats
+        if fallback is not None:
             model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
             if self._model_record_due():  # the first model-coded group also pays for the model record
                 model_size += container.model_record_size(self.model_settings)
-            fallback = _raw_chunk(b"".join(raw for raw, _ in group))
             if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
                 return [fallback], stats  # repetitive text that the chunk-by-chunk model cannot see as such
         records = []
@@ -171,6 +176,14 @@ class StreamEncoder:
             else:
                 records.append(_raw_chunk(raw))
         return records, stats
+
+    def _least_model_size(self, group: list[tuple[bytes, np.ndarray]]) -> int:
+        """A lower bound of what _code_group charges the model for this group in its comparison: each
+        chunk costs at least one 32-bit word of range-coder payload, or its raw bytes if fewer."""
+        least = sum(min(MIN_MODEL_PAYLOAD, len(raw)) for raw, _ in group)
+        if self._model_record_due():
+            least += container.model_record_size(self.model_settings)
+        return least
 
     def _model_record_due(self) -> bool:
         return self.model_settings is not None and not any(
