@@ -122,3 +122,12 @@ def test_missing_builtin_model_is_explained(tmp_path, monkeypatch):
     path.write_bytes(b"hello")
     assert main([str(path)]) == 1
     assert not (tmp_path / "x.txt.llmz").exists()
+
+
+def test_bench_reports_progress_without_a_terminal(tmp_path):
+    (tmp_path / "a.txt").write_bytes(TEXT)
+    result = subprocess.run([sys.executable, "-m", "llmzip.cli", "bench", "a.txt", "--models", "", "--baselines",
+                             "gzip,xz", "--no-plots", "--out", "results"], cwd=tmp_path, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = [line for line in result.stderr.decode().splitlines() if line.startswith("llmzip bench: [")]
+    assert lines[0].startswith("llmzip bench: [1/2] a.txt gzip -9: ") and lines[1].startswith("llmzip bench: [2/2] a.txt xz -9e: ")

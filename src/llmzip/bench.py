@@ -404,6 +404,8 @@ def run_benchmark(inputs: list[Input], codecs: list[Codec], *, max_bytes: int | 
     jobs = len(inputs) * len(codecs)
     bar = tqdm(total=jobs, unit="run", disable=progress is False or (progress is None and not sys.stderr.isatty()),
                leave=False, file=sys.stderr)
+    # Without a terminal for the bar (a log, CI), one line per finished measurement instead.
+    lines = progress is not False and bar.disable
     try:
         for item in inputs:
             data = read_input(item.path, max_bytes)
@@ -422,6 +424,10 @@ def run_benchmark(inputs: list[Input], codecs: list[Codec], *, max_bytes: int | 
                            device=codec.device, cached=cached is not None, sha256=digest, note="")
                 results.rows.append(row)
                 bar.update(1)
+                if lines:
+                    bits = "FAILED" if not row["verified"] else f"{_number(row['bits_per_byte'])} bits/byte"
+                    print(f"llmzip bench: [{len(results.file_rows())}/{jobs}] {item.name} {codec.label}: {bits}"
+                          + (" (cached)" if cached is not None else ""), file=sys.stderr, flush=True)
             results.rows += _published_rows(item, len(data))
     finally:
         bar.close()
@@ -801,7 +807,13 @@ def codecs_from_arguments(args) -> list[Codec]:
                                  chunk_tokens=args.chunk_tokens, threads=args.threads,
                                  xz_fallback=args.xz_fallback))
     for name in _names(args.baselines):
-        codec = baseline(name)
+        try:
+            codec = baseline(name)
+        except BenchError as error:
+            if args.baselines != DEFAULT_BASELINES:
+                raise  # asked for by name
+            print(f"llmzip bench: skipping {name}: {error}", file=sys.stderr)  # a default without its package
+            continue
         if codec is not None:
             codecs.append(codec)
     labels = [codec.label for codec in codecs]
@@ -833,8 +845,14 @@ def run_bench(args) -> int:
     write_csv(results, out / "results.csv")
     write_json(results, out / "results.json")
     if not args.no_plots:
-        plot_bits_per_byte(results, out / "bits_per_byte.png")
-        plot_scaling(results, out / "scaling.png")
+        try:
+            plot_bits_per_byte(results, out / "bits_per_byte.png")
+            plot_scaling(results, out / "scaling.png")
+        except ImportError as error:
+            if not (error.name or "").startswith("matplotlib"):
+                raise
+            print("llmzip bench: no plots: they need matplotlib (pip install 'llmzip[bench]'); "
+                  "the tables are written", file=sys.stderr)
     if not args.quiet:
         print(report)
         print(f"llmzip bench: results in {out}/", file=sys.stderr)
