@@ -131,3 +131,34 @@ def test_bench_reports_progress_without_a_terminal(tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     lines = [line for line in result.stderr.decode().splitlines() if line.startswith("llmzip bench: [")]
     assert lines[0].startswith("llmzip bench: [1/2] a.txt gzip -9: ") and lines[1].startswith("llmzip bench: [2/2] a.txt xz -9e: ")
+
+
+# Concatenated streams, as gzip, xz and zstd read them.
+
+def test_concatenated_streams_decompress_test_and_list_as_one(tmp_path):
+    (tmp_path / "a").write_bytes(TEXT)
+    (tmp_path / "b").write_bytes(bytes(range(256)))
+    joined = subprocess.run([sys.executable, "-m", "llmzip.cli", "-c", "a", "b"], cwd=tmp_path, capture_output=True,
+                            timeout=300)
+    assert joined.returncode == 0, joined.stderr
+    (tmp_path / "ab.llmz").write_bytes(joined.stdout)
+    unpacked = run("-d", "-c", tmp_path / "ab.llmz")
+    assert unpacked.returncode == 0 and unpacked.stdout == TEXT + bytes(range(256))
+    tested = run("-t", tmp_path / "ab.llmz")
+    assert tested.returncode == 0 and b"OK" in tested.stderr
+    listing = run("-l", tmp_path / "ab.llmz")
+    assert listing.returncode == 0
+    row = listing.stdout.decode().splitlines()[1]
+    assert f"{len(TEXT) + 256} B" in row and f"{len(joined.stdout)} B" in row and "(2 streams)" in row
+    (tmp_path / "bad.llmz").write_bytes(joined.stdout + b"garbage")
+    for mode in ("-d", "-t", "-l"):
+        damaged = run(mode, "-c", tmp_path / "bad.llmz") if mode == "-d" else run(mode, tmp_path / "bad.llmz")
+        assert damaged.returncode == 1 and b"not another llmzip stream" in damaged.stderr
+
+
+def test_list_from_a_pipe_shows_the_compressed_size(tiny_model, text_file):
+    packed = _compress_bytes(tiny_model)
+    listing = run("-l", stdin=packed)
+    assert listing.returncode == 0, listing.stderr
+    row = listing.stdout.decode().splitlines()[1]
+    assert row.split()[:2] == [str(len(packed)), "B"] and "0.00%" not in row and "(stdin)" in row

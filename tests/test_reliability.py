@@ -60,7 +60,14 @@ def _llmzip_command(*arguments) -> list[str]:
 
 # 1. Fuzzing: a short run of scripts/fuzz_decoder.py.
 
-def test_short_fuzz_run_finds_nothing(tiny_model, seeds):
+def test_short_fuzz_run_finds_nothing(tiny_model, seeds, monkeypatch):
+    # Streams written one after another decode to their contents one after another, as gzip
+    # members do: a seed with a whole seed appended (a "concatenate" or "duplicate" mutation)
+    # must decode to both originals.
+    joined = frozenset(first + second for _, first, _ in seeds for _, second, _ in seeds)
+    check_one = fuzz_decoder.check_one
+    monkeypatch.setattr(fuzz_decoder, "check_one", lambda decompressor, data, original, time_limit, others=frozenset():
+                        check_one(decompressor, data, original, time_limit, others | joined))
     report = fuzz_decoder.fuzz(tiny_model, inputs=2000, seed=7, seeds=seeds, time_limit=20)
     assert report["finding_count"] == 0, report["findings"][:3]
     assert report["outcomes"].get("ok-error", 0) > 1000  # most damage is caught, as it should be
@@ -331,7 +338,40 @@ def test_threads_with_their_own_compressor_share_a_model(tiny_model):
         assert llmzip.decompress(results[index][0], model=tiny_model) == text
 
 
-# 7. Cost: no model runs where xz is sure to win.
+# 7. Concatenated streams, like gzip members: one output, and damage after them still found.
+
+def test_concatenated_streams_decompress_as_their_concatenation(tiny_model, sample, seeds):
+    original, packed = sample
+    stored_original, stored = next((seed[1], seed[2]) for seed in seeds if seed[0] == "stored")
+    joined = packed + stored + packed
+    assert llmzip.decompress(joined, model=tiny_model) == original + stored_original + original
+    details = llmzip.info(joined)
+    assert details.streams == 3 and details.compressed_size == len(joined)
+    assert details.content_size == 2 * len(original) + len(stored_original)
+    assert details.chunks["model"] == 2 * llmzip.info(packed).chunks["model"]
+    with llmzip.open(_bytes_io(joined), model=tiny_model) as stream:
+        assert stream.read() == original + stored_original + original
+    for garbage in (b"\0", b"garbage", b"LLMX" + stored):
+        with pytest.raises(LLMZipError, match="not another llmzip stream"):
+            llmzip.decompress(stored + garbage)
+        with pytest.raises(LLMZipError, match="not another llmzip stream"):
+            llmzip.info(stored + garbage)
+    for length in range(len(stored) + 1, len(stored) * 2):  # every cut inside the second stream says so
+        with pytest.raises(TruncatedError):
+            llmzip.decompress((stored * 2)[:length])
+    damaged = bytearray(stored * 2)
+    damaged[len(stored) + len(stored) // 2] ^= 0x04
+    with pytest.raises(LLMZipError):
+        llmzip.decompress(bytes(damaged))
+
+
+def _bytes_io(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+# 8. Cost: no model runs where xz is sure to win.
 
 def test_a_run_of_one_byte_skips_the_model_and_writes_the_same_bytes(monkeypatch):
     from llmzip import codec

@@ -175,7 +175,8 @@ def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAU
 
 
 def decompress(data: bytes, *, model: str | None = None, device: str | None = None) -> bytes:
-    """Decompress one llmzip stream; raises EOFError (TruncatedError) when it was cut short."""
+    """Decompress llmzip data: concatenated streams give the concatenation of their contents,
+    like gzip.decompress. Raises EOFError (TruncatedError) when the data was cut short."""
     return Decompressor(model=model, device=device).decompress(bytes(data))
 
 
@@ -187,6 +188,7 @@ class Info:
     compressed_size: int
     chunks: dict
     model_tokens: int
+    streams: int = 1  # llmzip streams written one after another, described together
 
     @property
     def bits_per_byte(self) -> float:
@@ -198,22 +200,41 @@ class Info:
 
 
 def info(data: bytes | BinaryIO) -> Info:
-    """What a file holds, read from its header and records without decoding (no model needed)."""
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    start = source.tell() if source.seekable() else 0
-    header = container.read_header(source)
+    """What a file holds, read from its header and records without decoding (no model needed).
+
+    Concatenated streams are described as one: sizes and chunks are summed over them, and
+    `model_settings` is the first model record found.
+    """
+    source = _CountingReader(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+    header = next_header = container.read_header(source)
     model_settings = None
     chunks = {name: 0 for name in CHUNK_NAMES.values()}
-    model_tokens = 0
-    while not isinstance(record := container.read_record(source, container.MAX_GROUP_CHUNKS), EndRecord):
-        if isinstance(record, dict):
-            model_settings = record
-            continue
-        for chunk in record:
-            chunks[CHUNK_NAMES[chunk.kind]] += 1
-            model_tokens += chunk.token_count
-    compressed = source.tell() - start if source.seekable() else 0
-    return Info(header, model_settings, record.content_size, compressed, chunks, model_tokens)
+    model_tokens = content_size = streams = 0
+    while next_header is not None:
+        streams += 1
+        while not isinstance(record := container.read_record(source, container.MAX_GROUP_CHUNKS), EndRecord):
+            if isinstance(record, dict):
+                model_settings = model_settings or record
+                continue
+            for chunk in record:
+                chunks[CHUNK_NAMES[chunk.kind]] += 1
+                model_tokens += chunk.token_count
+        content_size += record.content_size
+        next_header = container.read_next_header(source)
+    return Info(header, model_settings, content_size, source.bytes_read, chunks, model_tokens, streams)
+
+
+class _CountingReader:
+    """A source that counts the bytes read from it: a pipe cannot tell() how much it gave."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.bytes_read += len(data)
+        return data
 
 
 class LLMZipFile(io.BufferedIOBase):

@@ -277,14 +277,18 @@ class Runner:
             "original": details.content_size,
             "bits_per_byte": details.bits_per_byte,
             "chunks": details.chunks,
+            "streams": details.streams,
         }
 
     def print_table(self, rows: list[dict]) -> None:
         print(f"{'Compressed':>12} {'Original':>12} {'Ratio':>7} {'Bits/B':>7}  {'Model':<24} {'Engine':<6} File")
         for row in rows:
             ratio = row["compressed"] / row["original"] if row["original"] else 0.0
+            shown = "(stdin)" if row["file"] == "-" else row["file"]
+            if row["streams"] > 1:
+                shown += f" ({row['streams']} streams)"
             print(f"{human_size(row['compressed']):>12} {human_size(row['original']):>12} {ratio:>7.2%} "
-                  f"{row['bits_per_byte']:>7.3f}  {row['model']:<24} {row['engine']:<6} {row['file']}")
+                  f"{row['bits_per_byte']:>7.3f}  {row['model']:<24} {row['engine']:<6} {shown}")
             if self.args.verbose:
                 chunks = ", ".join(f"{count} {kind}" for kind, count in row["chunks"].items())
                 print(f"{'':>12} chunks: {chunks}; model sha256 {row['fingerprint']}…")

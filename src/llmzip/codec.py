@@ -293,19 +293,34 @@ LOCKSTEP_CACHE_BYTES = 2**28
 
 
 class StreamDecoder:
-    """Reads an llmzip stream and yields the original bytes, verifying every checksum."""
+    """Reads llmzip streams and yields the original bytes, verifying every checksum.
+
+    Streams written one after another (`llmzip -c a b > ab.llmz`) decode as the concatenation
+    of their contents, like gzip members; anything else after an end record is an error.
+    """
 
     def __init__(self, source: BinaryIO, header: dict, engine_for: Callable[[dict], tuple]):
         self.source = source
+        self._engine_for = engine_for  # called once per stream, at its first model-coded chunk
+        self._start_stream(header)
+
+    def _start_stream(self, header: dict) -> None:
         self.header = header
-        self._engine_for = engine_for  # called once, at the first model-coded chunk
         self._engine = None
         self._tokenizer = None
         self.model_settings: dict | None = None
         self.chunk_tokens = 0
-        self.batch_size = container.MAX_GROUP_CHUNKS  # until the model record sets the file's own limit
+        self.batch_size = container.MAX_GROUP_CHUNKS  # until the model record sets the stream's own limit
 
     def __iter__(self) -> Iterator[bytes]:
+        while True:
+            yield from self._decode_stream()
+            header = container.read_next_header(self.source)
+            if header is None:
+                return
+            self._start_stream(header)
+
+    def _decode_stream(self) -> Iterator[bytes]:
         digest = hashlib.sha256()
         size = 0
         for records in self._groups():
@@ -316,8 +331,6 @@ class StreamDecoder:
         end = self._end
         if end.content_size != size or end.sha256 != digest.digest():
             raise CorruptError("the decoded data does not match the original's checksum; the file is damaged")
-        if self.source.read(1):
-            raise CorruptError("there is data after the end of the llmzip stream")
 
     def _groups(self) -> Iterator[list[ChunkRecord]]:
         """The chunk groups as written; with the exact engine, consecutive groups are joined.

@@ -1,4 +1,5 @@
 """The .llmz container: a header, groups of independently coded chunks, an end record.
+Streams may follow one another in a file, like gzip members; they decode one after another.
 
 See docs/FORMAT.md for the concepts and the byte layout. This module only reads and writes
 records and checks their integrity; it knows nothing about models or coding.
@@ -147,8 +148,9 @@ def _inflate(body: bytes, what: str) -> bytes:
     return data
 
 
-def read_header(stream: BinaryIO) -> dict:
-    start = stream.read(_PREAMBLE.size)
+def read_header(stream: BinaryIO, already_read: bytes = b"") -> dict:
+    """The header JSON; `already_read` holds the first bytes of the stream if a caller took them."""
+    start = already_read + stream.read(_PREAMBLE.size - len(already_read))
     if len(start) < 4 or start[:4] != MAGIC:
         raise FormatError("not an llmzip file (bad magic number)")
     if len(start) < _PREAMBLE.size:
@@ -166,6 +168,19 @@ def read_header(stream: BinaryIO) -> dict:
     if zlib.crc32(start + body) != crc:
         raise CorruptError("the header is damaged (checksum mismatch)")
     return _parse_json(body, "header")
+
+
+def read_next_header(stream: BinaryIO) -> dict | None:
+    """After an end record: the header of the stream that follows (llmzip streams may be
+    concatenated, like gzip members), or None at the end of the data."""
+    start = stream.read(len(MAGIC))
+    if not start:
+        return None
+    if start != MAGIC[: len(start)]:
+        raise CorruptError("there is data after the end of the llmzip stream, and it is not another llmzip stream")
+    if len(start) < len(MAGIC):
+        raise TruncatedError("the file ends inside the header of a following llmzip stream; it was cut short")
+    return read_header(stream, start)
 
 
 def _group_descriptor(chunks: list[ChunkRecord]) -> bytes:
