@@ -11,9 +11,11 @@ with exit status 1 (2 for usage errors); set LLMZIP_DEBUG=1 to see the traceback
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The exception a signal raises is lost when it lands in a finaliser (__del__) and the run would
-# go on to finish; the record here is not, and is checked before every group and before the rename.
+# go on to finish; the record here is not, and is checked before every group and before publishing.
 _signals_received: list[int] = []
 
 
@@ -183,6 +185,8 @@ class Runner:
                 raise
             self.failures += 1
             label = "(stdin)" if name == "-" else name
+            if isinstance(error, OSError) and error.filename is not None:
+                label = os.fsdecode(error.filename)  # the output, say, when it is the output that failed
             message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             print(f"llmzip: {label}: {message}", file=sys.stderr)
         except Interrupted:
@@ -228,7 +232,7 @@ class Runner:
         target = self.output_name(name)
         if target is None and compressing and sys.stdout.isatty() and not args.force:
             raise LLMZipError("will not write compressed data to a terminal (use -f to force, or -o FILE)")
-        if target is not None and os.path.exists(target) and not args.force:
+        if target is not None and not args.force and os.path.lexists(target) and not _is_special_file(target):
             raise LLMZipError(f"{target} already exists; use -f to overwrite")
         if target is not None and name != "-" and os.path.exists(target) and os.path.samefile(name, target):
             raise LLMZipError("input and output are the same file")
@@ -241,7 +245,7 @@ class Runner:
                 progress.update(count)
 
             try:
-                with _atomic_output(target, like=None if name == "-" else name) as destination:
+                with _output(target, like=None if name == "-" else name, force=args.force) as destination:
                     if compressing:
                         summary = self.compressor.copy_stream(source, destination, content_size=size, progress=update)
                         in_size, out_size = summary.content_size, _written(destination, summary)
@@ -251,7 +255,11 @@ class Runner:
             finally:
                 progress.close()
         if args.remove and name != "-" and target is not None:
-            os.remove(name)
+            if _is_special_file(target):
+                if not args.quiet:
+                    print(f"llmzip: {name}: kept, since {target} is not a regular file", file=sys.stderr)
+            else:
+                os.remove(name)
         if not args.quiet:
             self.print_summary(name, target, in_size, out_size, compressing)
 
@@ -343,7 +351,7 @@ def _open_input(name: str):
 
 
 class _CountingWriter:
-    """Standard output that counts what was written (it cannot tell())."""
+    """Standard output, a device or a FIFO, counting what was written (they cannot tell())."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -362,30 +370,103 @@ class _CountingWriter:
 
 
 @contextmanager
-def _atomic_output(target: str | None, like: str | None):
-    """Write to a temporary file beside the target and rename it into place only on success."""
+def _output(target: str | None, like: str | None, force: bool):
+    """Where a result is written.
+
+    Standard output, and a target that is not a regular file (a device such as /dev/null, a
+    FIFO), are written directly, as zstd -o /dev/null does. A regular file is written beside the
+    target under a temporary name and published only on success: without -f by a hard link,
+    which fails when the target appeared meanwhile (another llmzip, another program), so nothing
+    is replaced unasked; with -f by an atomic rename. A symbolic link is written through: its
+    target is replaced, never the link. A new file gets the mode of `like` (the input, as gzip
+    does) or, from standard input, 0666 less the umask.
+    """
     if target is None:
         writer = _CountingWriter(sys.stdout.buffer)
         yield writer
         sys.stdout.buffer.flush()
         return
+    if _is_special_file(target):
+        with open(target, "wb") as destination:
+            yield _CountingWriter(destination)
+        return
+    if os.path.isdir(target):
+        raise LLMZipError(f"{target} is a directory")
+    if os.path.islink(target):
+        target = os.path.realpath(target)
     directory = os.path.dirname(os.path.abspath(target))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".partial")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".partial")
+    except OSError as error:  # named after the output, not the temporary file nobody asked for
+        raise OSError(error.errno, error.strerror, target) from None
     try:
         with os.fdopen(handle, "wb") as destination:
             yield destination
             destination.flush()
             os.fsync(destination.fileno())
         _check_signals()
-        if like is not None:
-            shutil.copystat(like, temporary)
-        os.replace(temporary, target)
+        try:
+            if like is not None:
+                shutil.copystat(like, temporary)
+            else:
+                os.chmod(temporary, 0o666 & ~_umask())
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, target) from None
+        _publish(temporary, target, force)
     except BaseException:
         try:
             os.remove(temporary)
         except FileNotFoundError:
             pass
         raise
+
+
+# Errors of os.link on file systems that have no hard links (FAT, some network file systems).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _publish(temporary: str, target: str, force: bool) -> None:
+    appeared = f"{target} already exists (it appeared while llmzip ran) and was not replaced; use -f to overwrite"
+    try:
+        if force:
+            os.replace(temporary, target)
+            return
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            raise LLMZipError(appeared) from None
+        except OSError as error:
+            if error.errno not in _NO_HARD_LINKS:
+                raise
+            # Claim the name with an exclusive creation, then rename over the claim.
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                raise LLMZipError(appeared) from None
+            try:
+                os.replace(temporary, target)
+            except BaseException:
+                os.remove(target)
+                raise
+            return
+        os.remove(temporary)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, target) from None
+
+
+def _is_special_file(path: str) -> bool:
+    """A device, FIFO or socket, after following links: written directly, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 if __name__ == "__main__":
