@@ -41,7 +41,7 @@ class FloatEngine:
         self.device = torch.device(device)
         self.threads = threads or torch.get_num_threads()
         self.batch_size = batch_size
-        self.backend = model.backend.to(self.device)
+        self.backend = model.float_backend().to(self.device)
         self.vocab_size = self._output_width()
         self.start_token = model.tokenizer.start_token
         self.settings = {"kind": "float", "batch_size": batch_size, **machine_settings(device, self.threads)}

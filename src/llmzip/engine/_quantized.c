@@ -1,0 +1,731 @@
+/* Integer kernels of the GGUF exact engine (engine/gguf_llama.py).
+ *
+ * Every function has one meaning in integers, computed two ways: an AVX2 path for speed and a
+ * plain-C path that is the definition. Both give the same int64 results because every sum is
+ * exact (no rounding, no overflow within the documented bounds), so the order of additions never
+ * matters. Threads split output rows, never a reduction, so the thread count does not matter either.
+ *
+ * Weights are GGUF Q4_1 or Q8_0 blocks of 32, re-laid out once at load time:
+ *   codes   uint8 (Q4_1, 0..15) or int8 (Q8_0), [R/8][K/32][16][8][2]: for each group of 8 output
+ *           rows and each block, 16 pairs of consecutive inputs, the 8 rows' pair side by side;
+ *   scales  int32 [R/8][K/32][8]: the block scale d as an integer, d = scale * 2**row_exponent;
+ *   minimums int32 [R/8][K/32][8] (Q4_1 only): the block minimum m, same exponent.
+ * A row's dot product with an int16 input row x is then exactly
+ *   sum_b scale_b * (sum_j code_bj * x_bj) + minimum_b * (sum_j x_bj)
+ * (block sums fit int32: |code| <= 128, |x| <= 32767; totals fit int64, checked at load time).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86 1
+#else
+#define HAVE_X86 0
+#endif
+
+#define ROWS_PER_GROUP 8
+#define BLOCK 32
+#define MAX_THREADS 64
+
+/* x * 2**shift, rounded half up for right shifts; left shifts saturate at 2**62. The shift is
+ * clamped to [-62, 62]. The torch twin is `round_shift` in gguf_llama.py. */
+static inline int64_t round_shift(int64_t value, int shift) {
+    if (shift < -62) shift = -62;
+    if (shift > 62) shift = 62;
+    if (shift < 0) {
+        int right = -shift;
+        return (value + ((int64_t)1 << (right - 1))) >> right;
+    }
+    int64_t limit = ((int64_t)1 << 62) >> shift;
+    if (value > limit) value = limit;
+    if (value < -limit) value = -limit;
+    return value * ((int64_t)1 << shift);
+}
+
+static inline int bit_length(uint64_t value) {
+    return value ? 64 - __builtin_clzll(value) : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Quantised matrix product                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const int16_t *x;          /* [T][K] */
+    const int32_t *x_exponent; /* [T] */
+    const int32_t *block_sums; /* [T][K/32], Q4_1 only */
+    const uint8_t *codes;
+    const int32_t *scales;
+    const int32_t *minimums;   /* NULL for Q8_0 */
+    const int32_t *row_exponent; /* [R] */
+    int64_t *out;              /* [T][R] */
+    Py_ssize_t T, K, R;
+    int signed_codes, accumulate, plain;
+    const int64_t *limits;     /* [R] or NULL: results clamped to [-limit, limit] before accumulating */
+    Py_ssize_t group_begin, group_end;
+} LinearTask;
+
+static void store_row_group(const LinearTask *task, Py_ssize_t t, Py_ssize_t group, const int64_t *totals) {
+    int64_t *out = task->out + t * task->R + group * ROWS_PER_GROUP;
+    for (int i = 0; i < ROWS_PER_GROUP; i++) {
+        Py_ssize_t row = group * ROWS_PER_GROUP + i;
+        int64_t value = round_shift(totals[i], task->row_exponent[row] + task->x_exponent[t]);
+        if (task->limits) {
+            int64_t limit = task->limits[row];
+            value = value > limit ? limit : value < -limit ? -limit : value;
+        }
+        out[i] = task->accumulate ? out[i] + value : value;
+    }
+}
+
+static void linear_plain(const LinearTask *task) {
+    const Py_ssize_t blocks = task->K / BLOCK;
+    for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
+        for (Py_ssize_t t = 0; t < task->T; t++) {
+            const int16_t *x = task->x + t * task->K;
+            int64_t totals[ROWS_PER_GROUP] = {0};
+            for (Py_ssize_t b = 0; b < blocks; b++) {
+                const uint8_t *codes = task->codes + (group * blocks + b) * (BLOCK * ROWS_PER_GROUP);
+                const int32_t *scales = task->scales + (group * blocks + b) * ROWS_PER_GROUP;
+                for (int i = 0; i < ROWS_PER_GROUP; i++) {
+                    int32_t sum = 0, input_sum = 0;
+                    for (int j = 0; j < BLOCK; j++) {
+                        int pair = j / 2, half = j % 2;
+                        uint8_t raw = codes[(pair * ROWS_PER_GROUP + i) * 2 + half];
+                        int32_t code = task->signed_codes ? (int32_t)(int8_t)raw : (int32_t)raw;
+                        sum += code * x[b * BLOCK + j];
+                        input_sum += x[b * BLOCK + j];
+                    }
+                    totals[i] += (int64_t)scales[i] * sum;
+                    if (task->minimums)
+                        totals[i] += (int64_t)task->minimums[(group * blocks + b) * ROWS_PER_GROUP + i] * input_sum;
+                }
+            }
+            store_row_group(task, t, group, totals);
+        }
+    }
+}
+
+#if HAVE_X86
+/* TOKENS input rows against one group of 8 weight rows; the weights of a block are widened to
+ * int16 once and used for every token. vpmaddwd adds two products into each int32 lane; the 16
+ * lane sums of a block are exact (< 2**27), then multiplied by the block scale into int64. */
+#define DEFINE_TILE(TOKENS)                                                                                     \
+    __attribute__((target("avx2"))) static void linear_tile_##TOKENS(const LinearTask *task, Py_ssize_t group, \
+                                                                      Py_ssize_t t0) {                        \
+        const Py_ssize_t blocks = task->K / BLOCK;                                                            \
+        __m256i even[TOKENS], odd[TOKENS];                                                                     \
+        for (int n = 0; n < TOKENS; n++) even[n] = odd[n] = _mm256_setzero_si256();                           \
+        for (Py_ssize_t b = 0; b < blocks; b++) {                                                              \
+            const uint8_t *codes = task->codes + (group * blocks + b) * (BLOCK * ROWS_PER_GROUP);              \
+            __m256i sums[TOKENS];                                                                              \
+            for (int n = 0; n < TOKENS; n++) sums[n] = _mm256_setzero_si256();                                \
+            for (int pair = 0; pair < BLOCK / 2; pair++) {                                                     \
+                __m128i raw = _mm_loadu_si128((const __m128i *)(codes + pair * 2 * ROWS_PER_GROUP));           \
+                __m256i weights = task->signed_codes ? _mm256_cvtepi8_epi16(raw) : _mm256_cvtepu8_epi16(raw); \
+                for (int n = 0; n < TOKENS; n++) {                                                             \
+                    int32_t inputs;                                                                            \
+                    memcpy(&inputs, task->x + (t0 + n) * task->K + b * BLOCK + 2 * pair, 4);                    \
+                    sums[n] = _mm256_add_epi32(sums[n], _mm256_madd_epi16(weights, _mm256_set1_epi32(inputs))); \
+                }                                                                                              \
+            }                                                                                                  \
+            const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                      \
+            __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                          \
+            __m256i scale_odd = _mm256_srli_epi64(scale, 32);                                                  \
+            for (int n = 0; n < TOKENS; n++) {                                                                 \
+                even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sums[n], scale));                         \
+                odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sums[n], 32), scale_odd)); \
+            }                                                                                                  \
+            if (task->minimums) {                                                                              \
+                __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));                  \
+                __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);                                          \
+                for (int n = 0; n < TOKENS; n++) {                                                             \
+                    __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);            \
+                    even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));                 \
+                    odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));               \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        for (int n = 0; n < TOKENS; n++) {                                                                     \
+            int64_t lanes_even[4], lanes_odd[4], totals[ROWS_PER_GROUP];                                       \
+            _mm256_storeu_si256((__m256i *)lanes_even, even[n]);                                               \
+            _mm256_storeu_si256((__m256i *)lanes_odd, odd[n]);                                                 \
+            for (int i = 0; i < 4; i++) {                                                                      \
+                totals[2 * i] = lanes_even[i];                                                                 \
+                totals[2 * i + 1] = lanes_odd[i];                                                              \
+            }                                                                                                  \
+            store_row_group(task, t0 + n, group, totals);                                                      \
+        }                                                                                                      \
+    }
+
+DEFINE_TILE(4)
+DEFINE_TILE(1)
+
+#define TOKEN_TILE 64 /* input rows kept in L2 while every weight group passes over them */
+
+static void linear_avx2(const LinearTask *task) {
+    for (Py_ssize_t begin = 0; begin < task->T; begin += TOKEN_TILE) {
+        Py_ssize_t end = begin + TOKEN_TILE < task->T ? begin + TOKEN_TILE : task->T;
+        for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
+            Py_ssize_t t = begin;
+            for (; t + 4 <= end; t += 4) linear_tile_4(task, group, t);
+            for (; t < end; t++) linear_tile_1(task, group, t);
+        }
+    }
+}
+#endif
+
+static int avx2_available(void) {
+#if HAVE_X86
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+static void *linear_worker(void *argument) {
+    const LinearTask *task = argument;
+#if HAVE_X86
+    if (!task->plain && avx2_available()) {
+        linear_avx2(task);
+        return NULL;
+    }
+#endif
+    linear_plain(task);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Argument handling                                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    Py_buffer views[8];
+    int count;
+} Buffers;
+
+static void release(Buffers *buffers) {
+    for (int i = 0; i < buffers->count; i++) PyBuffer_Release(&buffers->views[i]);
+    buffers->count = 0;
+}
+
+/* A C-contiguous buffer of `itemsize`-byte items holding exactly `items` of them. */
+static void *take(Buffers *buffers, PyObject *object, Py_ssize_t itemsize, Py_ssize_t items, int writable,
+                  const char *name) {
+    Py_buffer *view = &buffers->views[buffers->count];
+    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return NULL;
+    buffers->count++;
+    if (view->itemsize != itemsize || view->len != items * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got %zd bytes of %zd-byte items", name,
+                     items, itemsize, view->len, view->itemsize);
+        return NULL;
+    }
+    return view->buf;
+}
+
+static PyObject *linear(PyObject *self, PyObject *args) {
+    PyObject *x_object, *x_exponent_object, *codes_object, *scales_object, *minimums_object, *row_exponent_object;
+    PyObject *out_object, *limits_object;
+    Py_ssize_t T, K, R;
+    int signed_codes, accumulate, threads, plain;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnnppipO", &x_object, &x_exponent_object, &codes_object, &scales_object,
+                          &minimums_object, &row_exponent_object, &out_object, &T, &K, &R, &signed_codes, &accumulate,
+                          &threads, &plain, &limits_object))
+        return NULL;
+    if (T < 0 || K <= 0 || R <= 0 || K % BLOCK || R % ROWS_PER_GROUP) {
+        PyErr_SetString(PyExc_ValueError, "shapes must be T >= 0, K a multiple of 32 and R a multiple of 8");
+        return NULL;
+    }
+    Buffers buffers = {.count = 0};
+    LinearTask task = {.T = T, .K = K, .R = R, .signed_codes = signed_codes, .accumulate = accumulate, .plain = plain};
+    Py_ssize_t blocks = K / BLOCK;
+    if (!(task.x = take(&buffers, x_object, 2, T * K, 0, "x")) ||
+        !(task.x_exponent = take(&buffers, x_exponent_object, 4, T, 0, "x_exponent")) ||
+        !(task.codes = take(&buffers, codes_object, 1, R * K, 0, "codes")) ||
+        !(task.scales = take(&buffers, scales_object, 4, R * blocks, 0, "scales")) ||
+        !(task.row_exponent = take(&buffers, row_exponent_object, 4, R, 0, "row_exponent")) ||
+        !(task.out = take(&buffers, out_object, 8, T * R, 1, "out"))) {
+        release(&buffers);
+        return NULL;
+    }
+    if (minimums_object != Py_None &&
+        !(task.minimums = take(&buffers, minimums_object, 4, R * blocks, 0, "minimums"))) {
+        release(&buffers);
+        return NULL;
+    }
+    if (limits_object != Py_None && !(task.limits = take(&buffers, limits_object, 8, R, 0, "limits"))) {
+        release(&buffers);
+        return NULL;
+    }
+    int32_t *block_sums = NULL;
+    if (task.minimums && T > 0) {
+        block_sums = PyMem_RawMalloc(sizeof(int32_t) * T * blocks);
+        if (!block_sums) {
+            release(&buffers);
+            return PyErr_NoMemory();
+        }
+        for (Py_ssize_t t = 0; t < T; t++)
+            for (Py_ssize_t b = 0; b < blocks; b++) {
+                int32_t sum = 0;
+                for (int j = 0; j < BLOCK; j++) sum += task.x[t * K + b * BLOCK + j];
+                block_sums[t * blocks + b] = sum;
+            }
+        task.block_sums = block_sums;
+    }
+
+    Py_ssize_t groups = R / ROWS_PER_GROUP;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > groups) threads = (int)groups;
+    if ((double)T * K * R < 2e6) threads = 1; /* not worth a thread */
+    LinearTask tasks[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < threads; i++) {
+        tasks[i] = task;
+        tasks[i].group_begin = groups * i / threads;
+        tasks[i].group_end = groups * (i + 1) / threads;
+        if (i > 0) started[i] = pthread_create(&handles[i], NULL, linear_worker, &tasks[i]) == 0;
+    }
+    for (int i = 1; i < threads; i++)
+        if (!started[i]) linear_worker(&tasks[i]); /* no thread: do its rows here */
+    linear_worker(&tasks[0]);
+    for (int i = 1; i < threads; i++)
+        if (started[i]) pthread_join(handles[i], NULL);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(block_sums);
+    release(&buffers);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* RMSNorm and row quantisation to int16                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+static int64_t integer_sqrt(int64_t n) { /* floor(sqrt(n)), 0 <= n < 2**62 */
+    int64_t root = (int64_t)__builtin_sqrt((double)n);
+    while (root > 0 && root * root > n) root--;
+    while ((root + 1) * (root + 1) <= n) root++;
+    return root;
+}
+
+static int64_t floor_divide(int64_t numerator, int64_t denominator) { /* denominator > 0 */
+    int64_t quotient = numerator / denominator;
+    if (numerator % denominator != 0 && numerator < 0) quotient--;
+    return quotient;
+}
+
+/* A row of int64 as int16 with a power-of-two exponent: shifted right (rounding half up) until
+ * its peak fits 15 bits. Returns the shift. */
+static int to_int16(const int64_t *values, Py_ssize_t count, int16_t *out) {
+    uint64_t peak = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t magnitude = values[i] < 0 ? (uint64_t)0 - (uint64_t)values[i] : (uint64_t)values[i];
+        if (magnitude > peak) peak = magnitude;
+    }
+    int shift = bit_length(peak) - 15;
+    if (shift < 0) shift = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t value = round_shift(values[i], -shift);
+        out[i] = (int16_t)(value > 32767 ? 32767 : value < -32767 ? -32767 : value);
+    }
+    return shift;
+}
+
+static PyObject *quantise_rows(PyObject *self, PyObject *args) {
+    PyObject *x_object, *out_object, *exponent_object;
+    Py_ssize_t T, C;
+    int base_exponent;
+    if (!PyArg_ParseTuple(args, "OOOnni", &x_object, &out_object, &exponent_object, &T, &C, &base_exponent))
+        return NULL;
+    Buffers buffers = {.count = 0};
+    const int64_t *x;
+    int16_t *out;
+    int32_t *exponent;
+    if (!(x = take(&buffers, x_object, 8, T * C, 0, "x")) || !(out = take(&buffers, out_object, 2, T * C, 1, "out")) ||
+        !(exponent = take(&buffers, exponent_object, 4, T, 1, "exponent"))) {
+        release(&buffers);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) exponent[t] = base_exponent + to_int16(x + t * C, C, out + t * C);
+    Py_END_ALLOW_THREADS
+    release(&buffers);
+    Py_RETURN_NONE;
+}
+
+/* y = x / rms(x) * gain as int16 rows with exponents (see gguf_llama.rms_norm for the reference):
+ * each row is shifted so its peak has 20 bits, the root of its sum of squares (plus eps) taken
+ * exactly, y = round(r * gain * numerator / (root * 2**fraction_bits)), then `to_int16`. */
+static PyObject *rms_norm(PyObject *self, PyObject *args) {
+    PyObject *x_object, *gain_object, *out_object, *exponent_object;
+    Py_ssize_t T, C;
+    long long eps_fixed, numerator;
+    int eps_exponent, fraction_bits, gain_exponent;
+    if (!PyArg_ParseTuple(args, "OOOOnnLiLii", &x_object, &gain_object, &out_object, &exponent_object, &T, &C,
+                          &eps_fixed, &eps_exponent, &numerator, &fraction_bits, &gain_exponent))
+        return NULL;
+    Buffers buffers = {.count = 0};
+    const int64_t *x, *gain;
+    int16_t *out;
+    int32_t *exponent;
+    if (!(x = take(&buffers, x_object, 8, T * C, 0, "x")) || !(gain = take(&buffers, gain_object, 8, C, 0, "gain")) ||
+        !(out = take(&buffers, out_object, 2, T * C, 1, "out")) ||
+        !(exponent = take(&buffers, exponent_object, 4, T, 1, "exponent"))) {
+        release(&buffers);
+        return NULL;
+    }
+    int64_t *row = PyMem_RawMalloc(sizeof(int64_t) * (C > 0 ? C : 1));
+    if (!row) {
+        release(&buffers);
+        return PyErr_NoMemory();
+    }
+    int eps_bits = bit_length((uint64_t)eps_fixed);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const int64_t *values = x + t * C;
+        uint64_t peak = 0;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            uint64_t magnitude = values[c] < 0 ? (uint64_t)0 - (uint64_t)values[c] : (uint64_t)values[c];
+            if (magnitude > peak) peak = magnitude;
+        }
+        int shift = 20 - bit_length(peak);
+        int64_t squares = 0;
+        for (Py_ssize_t c = 0; c < C; c++) {
+            row[c] = shift >= 0 ? values[c] * ((int64_t)1 << shift) : values[c] >> (-shift);
+            squares += row[c] * row[c];
+        }
+        int eps_shift = eps_exponent + 2 * shift;
+        int64_t eps;
+        if (eps_shift >= 0)
+            eps = eps_bits + eps_shift > 61 ? ((int64_t)1 << 61) : (int64_t)eps_fixed << eps_shift;
+        else
+            eps = -eps_shift >= 63 ? 0 : (int64_t)eps_fixed >> (-eps_shift);
+        int64_t root = integer_sqrt(squares + eps);
+        if (root < 1) root = 1;
+        int64_t denominator = root << fraction_bits;
+        for (Py_ssize_t c = 0; c < C; c++)
+            row[c] = floor_divide(2 * (row[c] * gain[c] * numerator) + denominator, 2 * denominator);
+        exponent[t] = gain_exponent + to_int16(row, C, out + t * C);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(row);
+    release(&buffers);
+    Py_RETURN_NONE;
+}
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* Attention                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Softmax attention on integers for one key-value head at a time (see exact.integer_attention,
+ * its torch twin): scores are exact dot products (float64 sums of integers below 2**53), turned
+ * into logits by the head's fixed-point ratio, weighted by table[max - logit], and the output is
+ * the weighted mean of v rounded half up. Query row r (of Rq = group * Tq rows, query t = r % Tq)
+ * sees keys 0 .. Tk - Tq + t. */
+typedef struct {
+    const int64_t *q;       /* [B][H][Rq][D] */
+    const float *k, *v;     /* [B][H][capacity][D] */
+    int64_t *out;           /* [B][H][Rq][D] */
+    const int64_t *multiplier, *shift, *table;
+    Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
+    int plain;
+    int worker, workers;
+} AttentionTask;
+
+static double dot_plain(const double *q, const float *k, Py_ssize_t D) {
+    double sum = 0;
+    for (Py_ssize_t d = 0; d < D; d++) sum += q[d] * (double)k[d];
+    return sum;
+}
+
+static void mix_plain(double *acc, const float *v, double weight, Py_ssize_t D) {
+    for (Py_ssize_t d = 0; d < D; d++) acc[d] += weight * (double)v[d];
+}
+
+#if HAVE_X86
+__attribute__((target("avx2,fma"))) static double dot_avx2(const double *q, const float *k, Py_ssize_t D) {
+    __m256d even = _mm256_setzero_pd(), odd = _mm256_setzero_pd();
+    Py_ssize_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+        even = _mm256_fmadd_pd(_mm256_loadu_pd(q + d), _mm256_cvtps_pd(_mm_loadu_ps(k + d)), even);
+        odd = _mm256_fmadd_pd(_mm256_loadu_pd(q + d + 4), _mm256_cvtps_pd(_mm_loadu_ps(k + d + 4)), odd);
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(even, odd));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (; d < D; d++) sum += q[d] * (double)k[d];
+    return sum;
+}
+
+/* Four keys at once (D a multiple of 4): each q load serves four products. */
+__attribute__((target("avx2,fma"))) static void dot4_avx2(const double *q, const float *k, Py_ssize_t D,
+                                                          double *scores) {
+    __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd(), c = _mm256_setzero_pd(), e = _mm256_setzero_pd();
+    for (Py_ssize_t d = 0; d < D; d += 4) {
+        __m256d query = _mm256_loadu_pd(q + d);
+        a = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + d)), a);
+        b = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + D + d)), b);
+        c = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + 2 * D + d)), c);
+        e = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + 3 * D + d)), e);
+    }
+    __m256d ab = _mm256_hadd_pd(a, b), ce = _mm256_hadd_pd(c, e); /* a0+a1 b0+b1 a2+a3 b2+b3 */
+    __m256d low = _mm256_permute2f128_pd(ab, ce, 0x20), high = _mm256_permute2f128_pd(ab, ce, 0x31);
+    _mm256_storeu_pd(scores, _mm256_add_pd(low, high));
+}
+
+__attribute__((target("avx2,fma"))) static void mix_avx2(double *acc, const float *v, double weight, Py_ssize_t D) {
+    __m256d w = _mm256_set1_pd(weight);
+    Py_ssize_t d = 0;
+    for (; d + 4 <= D; d += 4)
+        _mm256_storeu_pd(acc + d, _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + d)), _mm256_loadu_pd(acc + d)));
+    for (; d < D; d++) acc[d] += weight * (double)v[d];
+}
+#endif
+
+static void *attention_worker(void *argument) {
+    const AttentionTask *task = argument;
+    const Py_ssize_t D = task->D;
+    int vector = 0;
+#if HAVE_X86
+    vector = !task->plain && avx2_available();
+#endif
+    int64_t *logits = PyMem_RawMalloc(sizeof(int64_t) * (task->Tk > 0 ? task->Tk : 1));
+    double *query = PyMem_RawMalloc(sizeof(double) * D * 2);
+    if (!logits || !query) {
+        PyMem_RawFree(logits);
+        PyMem_RawFree(query);
+        return (void *)1;
+    }
+    double *acc = query + D;
+    const Py_ssize_t items = task->B * task->H * task->Rq;
+    for (Py_ssize_t item = task->worker; item < items; item += task->workers) {
+        const Py_ssize_t row = item % task->Rq, head = (item / task->Rq) % task->H, batch = item / (task->Rq * task->H);
+        const Py_ssize_t seen = task->Tk - task->Tq + row % task->Tq + 1;
+        const float *keys = task->k + (batch * task->H + head) * task->capacity * D;
+        const float *values = task->v + (batch * task->H + head) * task->capacity * D;
+        const int64_t *q = task->q + item * D;
+        int64_t *out = task->out + item * D;
+        for (Py_ssize_t d = 0; d < D; d++) query[d] = (double)q[d];
+        const int64_t multiplier = task->multiplier[head], shift = task->shift[head];
+        const int64_t half = (int64_t)1 << (shift - 1);
+        int64_t best = INT64_MIN;
+        Py_ssize_t j = 0;
+#if HAVE_X86
+        if (vector && D % 4 == 0)
+            for (; j + 4 <= seen; j += 4) {
+                double scores[4];
+                dot4_avx2(query, keys + j * D, D, scores);
+                for (int n = 0; n < 4; n++) {
+                    int64_t logit = ((int64_t)scores[n] * multiplier + half) >> shift;
+                    logits[j + n] = logit;
+                    if (logit > best) best = logit;
+                }
+            }
+#endif
+        for (; j < seen; j++) {
+#if HAVE_X86
+            double score = vector ? dot_avx2(query, keys + j * D, D) : dot_plain(query, keys + j * D, D);
+#else
+            double score = dot_plain(query, keys + j * D, D);
+#endif
+            int64_t logit = ((int64_t)score * multiplier + half) >> shift;
+            logits[j] = logit;
+            if (logit > best) best = logit;
+        }
+        for (Py_ssize_t d = 0; d < D; d++) acc[d] = 0;
+        int64_t total = 0;
+        for (Py_ssize_t j = 0; j < seen; j++) {
+            int64_t gap = best - logits[j];
+            if (gap > task->table_length - 1) gap = task->table_length - 1;
+            int64_t weight = task->table[gap];
+            if (!weight) continue;
+            total += weight;
+#if HAVE_X86
+            if (vector)
+                mix_avx2(acc, values + j * D, (double)weight, D);
+            else
+                mix_plain(acc, values + j * D, (double)weight, D);
+#else
+            mix_plain(acc, values + j * D, (double)weight, D);
+#endif
+        }
+        for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * (int64_t)acc[d] + total, 2 * total);
+    }
+    PyMem_RawFree(logits);
+    PyMem_RawFree(query);
+    return NULL;
+}
+
+static PyObject *attention(PyObject *self, PyObject *args) {
+    PyObject *q_object, *k_object, *v_object, *out_object, *multiplier_object, *shift_object, *table_object;
+    Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
+    int threads, plain;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnnnnnnnip", &q_object, &k_object, &v_object, &out_object, &multiplier_object,
+                          &shift_object, &table_object, &B, &H, &Rq, &Tq, &Tk, &capacity, &D, &table_length, &threads,
+                          &plain))
+        return NULL;
+    if (B < 0 || H <= 0 || Tq <= 0 || Rq % Tq || Tk < Tq || capacity < Tk || D <= 0 || table_length <= 0) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent attention shapes");
+        return NULL;
+    }
+    Buffers buffers = {.count = 0};
+    AttentionTask task = {.B = B, .H = H, .Rq = Rq, .Tq = Tq, .Tk = Tk, .capacity = capacity, .D = D,
+                          .table_length = table_length, .plain = plain};
+    if (!(task.q = take(&buffers, q_object, 8, B * H * Rq * D, 0, "q")) ||
+        !(task.k = take(&buffers, k_object, 4, B * H * capacity * D, 0, "k")) ||
+        !(task.v = take(&buffers, v_object, 4, B * H * capacity * D, 0, "v")) ||
+        !(task.out = take(&buffers, out_object, 8, B * H * Rq * D, 1, "out")) ||
+        !(task.multiplier = take(&buffers, multiplier_object, 8, H, 0, "multiplier")) ||
+        !(task.shift = take(&buffers, shift_object, 8, H, 0, "shift")) ||
+        !(task.table = take(&buffers, table_object, 8, table_length, 0, "table"))) {
+        release(&buffers);
+        return NULL;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if ((double)B * H * Rq * Tk * D < 1e6) threads = 1;
+    AttentionTask tasks[MAX_THREADS];
+    pthread_t handles[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    void *failed = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < threads; i++) {
+        tasks[i] = task;
+        tasks[i].worker = i;
+        tasks[i].workers = threads;
+        if (i > 0) started[i] = pthread_create(&handles[i], NULL, attention_worker, &tasks[i]) == 0;
+    }
+    for (int i = 1; i < threads; i++)
+        if (!started[i] && attention_worker(&tasks[i])) failed = (void *)1;
+    if (attention_worker(&tasks[0])) failed = (void *)1;
+    for (int i = 1; i < threads; i++) {
+        void *result = NULL;
+        if (started[i]) pthread_join(handles[i], &result);
+        if (result) failed = result;
+    }
+    Py_END_ALLOW_THREADS
+    release(&buffers);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+
+/* Rotary positions in place, GGUF layout: in each head of `width` entries (starting at column
+ * `begin` of rows of `columns`), the pair (2i, 2i + 1) turns by the angle of frequency i at the row's
+ * position: round((a cos - b sin) / 2**bits), round((b cos + a sin) / 2**bits). Row n of the T rows
+ * of a sequence is at position start + n % T. */
+static PyObject *rotate(PyObject *self, PyObject *args) {
+    PyObject *x_object, *cos_object, *sin_object;
+    Py_ssize_t N, columns, begin, heads, width, T, start, table_rows;
+    int bits;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnni", &x_object, &cos_object, &sin_object, &N, &columns, &begin, &heads,
+                          &width, &T, &start, &table_rows, &bits))
+        return NULL;
+    if (T <= 0 || N % T || begin + heads * width > columns || width % 2 || start + T > table_rows || bits < 1) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent rotation shapes");
+        return NULL;
+    }
+    Buffers buffers = {.count = 0};
+    int64_t *x;
+    const int64_t *cos, *sin;
+    Py_ssize_t half = width / 2;
+    if (!(x = take(&buffers, x_object, 8, N * columns, 1, "x")) ||
+        !(cos = take(&buffers, cos_object, 8, table_rows * half, 0, "cos")) ||
+        !(sin = take(&buffers, sin_object, 8, table_rows * half, 0, "sin"))) {
+        release(&buffers);
+        return NULL;
+    }
+    const int64_t rounding = (int64_t)1 << (bits - 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t n = 0; n < N; n++) {
+        const int64_t *c = cos + (start + n % T) * half, *s = sin + (start + n % T) * half;
+        for (Py_ssize_t h = 0; h < heads; h++) {
+            int64_t *pair = x + n * columns + begin + h * width;
+            for (Py_ssize_t i = 0; i < half; i++) {
+                int64_t a = pair[2 * i], b = pair[2 * i + 1];
+                pair[2 * i] = (a * c[i] - b * s[i] + rounding) >> bits;
+                pair[2 * i + 1] = (b * c[i] + a * s[i] + rounding) >> bits;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(&buffers);
+    Py_RETURN_NONE;
+}
+
+/* SwiGLU to int16 rows: rows of [gate | up] (hidden each), silu(gate) = round(gate * sigmoid / 2**bits)
+ * with sigmoid = table[clamp(round(gate * 2**index_shift), -middle, middle) + middle], the product
+ * silu * up as int16 rows with exponents base_exponent + shift. */
+static PyObject *swiglu(PyObject *self, PyObject *args) {
+    PyObject *x_object, *table_object, *out_object, *exponent_object;
+    Py_ssize_t N, hidden, middle;
+    int index_shift, bits, base_exponent;
+    if (!PyArg_ParseTuple(args, "OOOOnnniii", &x_object, &table_object, &out_object, &exponent_object, &N, &hidden,
+                          &middle, &index_shift, &bits, &base_exponent))
+        return NULL;
+    Buffers buffers = {.count = 0};
+    const int64_t *x, *table;
+    int16_t *out;
+    int32_t *exponent;
+    if (!(x = take(&buffers, x_object, 8, N * 2 * hidden, 0, "x")) ||
+        !(table = take(&buffers, table_object, 8, 2 * middle + 1, 0, "table")) ||
+        !(out = take(&buffers, out_object, 2, N * hidden, 1, "out")) ||
+        !(exponent = take(&buffers, exponent_object, 4, N, 1, "exponent"))) {
+        release(&buffers);
+        return NULL;
+    }
+    int64_t *row = PyMem_RawMalloc(sizeof(int64_t) * (hidden > 0 ? hidden : 1));
+    if (!row) {
+        release(&buffers);
+        return PyErr_NoMemory();
+    }
+    const int64_t rounding = (int64_t)1 << (bits - 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t n = 0; n < N; n++) {
+        const int64_t *gate = x + n * 2 * hidden, *up = gate + hidden;
+        for (Py_ssize_t i = 0; i < hidden; i++) {
+            int64_t index = round_shift(gate[i], index_shift);
+            index = index < -middle ? -middle : index > middle ? middle : index;
+            int64_t silu = (gate[i] * table[index + middle] + rounding) >> bits;
+            row[i] = silu * up[i];
+        }
+        exponent[n] = base_exponent + to_int16(row, hidden, out + n * hidden);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(row);
+    release(&buffers);
+    Py_RETURN_NONE;
+}
+
+static PyObject *has_avx2(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_available()); }
+
+static PyMethodDef methods[] = {
+    {"linear", linear, METH_VARARGS,
+     "linear(x, x_exponent, codes, scales, minimums, row_exponent, out, T, K, R, signed_codes, accumulate, threads, "
+     "plain, limits): out[t, r] (+)= clamp(round(sum_k w[r, k] x[t, k] * 2**(row_exponent[r] + x_exponent[t])), "
+     "limits[r])"},
+    {"rms_norm", rms_norm, METH_VARARGS,
+     "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent)"},
+    {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent)"},
+    {"attention", attention, METH_VARARGS,
+     "attention(q, k, v, out, multiplier, shift, table, B, H, Rq, Tq, Tk, capacity, D, table_length, threads, plain)"},
+    {"rotate", rotate, METH_VARARGS,
+     "rotate(x, cos, sin, N, columns, begin, heads, width, T, start, table_rows, bits): rotary positions in place"},
+    {"swiglu", swiglu, METH_VARARGS,
+     "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent)"},
+    {"has_avx2", has_avx2, METH_NOARGS, "True when this CPU runs the AVX2 path"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_quantized", "Integer kernels of the GGUF exact engine.",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit__quantized(void) { return PyModule_Create(&module); }
