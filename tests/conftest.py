@@ -85,3 +85,66 @@ def one_thread():
 @pytest.fixture
 def random_bytes():
     return random.Random(1234).randbytes(3000)
+
+
+def make_gguf_llama(path: Path, *, matrix_type: str = "Q4_1", seed: int = 0, dim: int = 64, heads: int = 4,
+                    kv_heads: int = 2, hidden: int = 128, layers: int = 2, context_length: int = 96) -> Path:
+    """A random Llama GGUF file: quantised matrices, a Q8_0 token embedding tied to the output, F32
+    norms, and a byte-level BPE tokenizer (the GPT-2 byte alphabet plus a few merges)."""
+    import gguf
+    import numpy as np
+
+    from llmzip.tokenization import byte_level_alphabet
+
+    rng = np.random.default_rng(seed)
+    alphabet = sorted(byte_level_alphabet(), key=lambda character: byte_level_alphabet()[character])
+    merges = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "Ġ s"]
+    tokens = ["<|endoftext|>"] + alphabet + ["".join(merge.split(" ")) for merge in merges]
+    tokens += [f"<|unused{n}|>" for n in range(-len(tokens) % 8)]  # output rows come in eights
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(dim)
+    writer.add_feed_forward_length(hidden)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(dim // heads)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] + [1] * (len(tokens) - 1))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    matrix = getattr(gguf.GGMLQuantizationType, matrix_type)
+
+    def add_matrix(name, rows, inputs, kind=matrix, scale=0.1):
+        weight = (rng.standard_normal((rows, inputs)) * scale).astype(np.float32)
+        writer.add_tensor(name, gguf.quants.quantize(weight, kind), raw_dtype=kind)
+
+    add_matrix("token_embd.weight", len(tokens), dim, gguf.GGMLQuantizationType.Q8_0, 0.02)
+    writer.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+    head_dim = dim // heads
+    for layer in range(layers):
+        name = f"blk.{layer}."
+        writer.add_tensor(name + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+        writer.add_tensor(name + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
+        add_matrix(name + "attn_q.weight", dim, dim, scale=0.3)
+        add_matrix(name + "attn_k.weight", kv_heads * head_dim, dim, scale=0.3)
+        add_matrix(name + "attn_v.weight", kv_heads * head_dim, dim)
+        add_matrix(name + "attn_output.weight", dim, dim)
+        add_matrix(name + "ffn_gate.weight", hidden, dim)
+        add_matrix(name + "ffn_up.weight", hidden, dim)
+        add_matrix(name + "ffn_down.weight", dim, hidden)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def gguf_llama(tmp_path_factory) -> str:
+    return str(make_gguf_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama.Q4_1.gguf"))

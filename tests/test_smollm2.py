@@ -33,7 +33,7 @@ def test_smollm2_round_trip(engine):
     assert details.chunks["model"] >= 1
     recorded = details.model_settings["engine"]
     if engine == "auto":  # a Llama model: the exact engine, so the file decodes on any machine
-        assert recorded["kind"] == "exact" and recorded["architecture"] == "llama"
+        assert recorded["kind"] == "exact" and recorded["architecture"] == "llama-gguf"
     else:
         assert recorded["kind"] == "float"
     assert llmzip.decompress(packed, model=model) == TEXT
@@ -48,3 +48,23 @@ def test_quiet_cli_prints_nothing(tmp_path, capfd):
     assert capfd.readouterr().err == ""  # no progress bar from the GGUF conversion either
     assert main(["-q", "-d", "-c", "-m", str(smollm2_path()), str(source) + ".llmz"]) == 0
     assert capfd.readouterr().out.encode("utf-8", "surrogateescape") == TEXT
+
+
+def test_default_level_is_smollm2_and_decodes_across_thread_counts():
+    """The default model by name; a file made on one thread decodes on two and the other way round."""
+    text = ("Alice was beginning to get very tired of sitting by her sister on the bank, and of having "
+            "nothing to do: once or twice she had peeped into the book her sister was reading. ").encode() * 3
+    packed = {threads: llmzip.Compressor(threads=threads, chunk_tokens=40, xz_fallback=False).compress(text)
+              for threads in (1, 2)}
+    assert packed[1] == packed[2]
+    assert llmzip.info(packed[1]).model_settings["model"]["name"] == "smollm2"
+    assert llmzip.info(packed[1]).model_settings["model"]["origin"]["version"] == "0.1.2"
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for decode_threads in (1, 2):
+            torch.set_num_threads(decode_threads)
+            assert llmzip.decompress(packed[3 - decode_threads]) == text
+    finally:
+        torch.set_num_threads(threads)

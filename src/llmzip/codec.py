@@ -239,12 +239,14 @@ class StreamEncoder:
 
 def encode_chunks(engine, token_lists: list[np.ndarray]) -> list[tuple[bytes, float]]:
     """Each chunk's payload and cross-entropy in bits, coded together in one batch."""
-    full_pass = engine.sequence_weights(token_lists) if engine.batch_invariant else None
-    if full_pass is not None:
-        return [(coder.encode(tokens, weights), float(coder.code_length_bits(tokens, weights).sum()))
-                for tokens, weights in zip(token_lists, full_pass)]
     encoders = [coder.Encoder() for _ in token_lists]
     bits = [0.0] * len(token_lists)
+    if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
+        for index, start, weights in engine.sequence_pieces(token_lists):
+            symbols = token_lists[index][start : start + len(weights)]
+            bits[index] += float(coder.code_length_bits(symbols, weights).sum())
+            encoders[index].encode(symbols, weights)
+        return [(encoder.finish(), row_bits) for encoder, row_bits in zip(encoders, bits)]
     for step, weights, active in _lockstep(engine, [len(tokens) for tokens in token_lists], lambda row, step: token_lists[row][step]):
         for row in active:
             symbol, row_weights = token_lists[row][step : step + 1], weights[row : row + 1]
@@ -287,9 +289,9 @@ def _lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int]):
 
 
 # The exact engine decodes up to this many chunks of consecutive groups in lockstep, within a
-# budget for their key/value caches (a 135M-parameter Llama needs ~47 MB per 1023-token chunk).
+# budget for their key/value caches (SmolLM2-135M in the GGUF engine needs ~25 MB per 1023-token chunk).
 LOCKSTEP_CHUNKS = 64
-LOCKSTEP_CACHE_BYTES = 2**28
+LOCKSTEP_CACHE_BYTES = 3 * 2**27  # 384 MiB
 
 
 class StreamDecoder:

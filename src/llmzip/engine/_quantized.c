@@ -163,6 +163,8 @@ static void linear_plain(const LinearTask *task) {
     }
 
 DEFINE_TILE(4)
+DEFINE_TILE(3)
+DEFINE_TILE(2)
 DEFINE_TILE(1)
 
 #define TOKEN_TILE 64 /* input rows kept in L2 while every weight group passes over them */
@@ -173,7 +175,9 @@ static void linear_avx2(const LinearTask *task) {
         for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
             Py_ssize_t t = begin;
             for (; t + 4 <= end; t += 4) linear_tile_4(task, group, t);
-            for (; t < end; t++) linear_tile_1(task, group, t);
+            if (end - t == 3) linear_tile_3(task, group, t);
+            else if (end - t == 2) linear_tile_2(task, group, t);
+            else if (end - t == 1) linear_tile_1(task, group, t);
         }
     }
 }
@@ -204,7 +208,7 @@ static void *linear_worker(void *argument) {
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct {
-    Py_buffer views[8];
+    Py_buffer views[12];
     int count;
 } Buffers;
 
@@ -282,7 +286,7 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > groups) threads = (int)groups;
-    if ((double)T * K * R < 2e6) threads = 1; /* not worth a thread */
+    if ((double)T * K * R < 2e5) threads = 1; /* not worth a thread */
     LinearTask tasks[MAX_THREADS];
     pthread_t handles[MAX_THREADS];
     int started[MAX_THREADS] = {0};
@@ -429,10 +433,12 @@ static PyObject *rms_norm(PyObject *self, PyObject *args) {
  * its torch twin): scores are exact dot products (float64 sums of integers below 2**53), turned
  * into logits by the head's fixed-point ratio, weighted by table[max - logit], and the output is
  * the weighted mean of v rounded half up. Query row r (of Rq = group * Tq rows, query t = r % Tq)
- * sees keys 0 .. Tk - Tq + t. */
+ * sees keys 0 .. Tk - Tq + t. Keys and values are int16 rows with a power-of-two exponent each, so
+ * a score is (q . k16) * 2**e and a value's weight is table[gap] * 2**e, all exact in float64. */
 typedef struct {
     const int64_t *q;       /* [B][H][Rq][D] */
-    const float *k, *v;     /* [B][H][capacity][D] */
+    const int16_t *k, *v;   /* [B][H][capacity][D]: key and value rows as int16 ... */
+    const int32_t *k_exponent, *v_exponent; /* [B][H][capacity]: ... times 2**exponent */
     int64_t *out;           /* [B][H][Rq][D] */
     const int64_t *multiplier, *shift, *table;
     Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
@@ -440,23 +446,30 @@ typedef struct {
     int worker, workers;
 } AttentionTask;
 
-static double dot_plain(const double *q, const float *k, Py_ssize_t D) {
+static double dot_plain(const double *q, const int16_t *k, Py_ssize_t D) {
     double sum = 0;
     for (Py_ssize_t d = 0; d < D; d++) sum += q[d] * (double)k[d];
     return sum;
 }
 
-static void mix_plain(double *acc, const float *v, double weight, Py_ssize_t D) {
+static void mix_plain(double *acc, const int16_t *v, double weight, Py_ssize_t D) {
     for (Py_ssize_t d = 0; d < D; d++) acc[d] += weight * (double)v[d];
 }
 
 #if HAVE_X86
-__attribute__((target("avx2,fma"))) static double dot_avx2(const double *q, const float *k, Py_ssize_t D) {
+/* Four int16 as four doubles. */
+__attribute__((target("avx2,fma"))) static inline __m256d load4(const int16_t *x) {
+    int64_t bits;
+    memcpy(&bits, x, 8);
+    return _mm256_cvtepi32_pd(_mm_cvtepi16_epi32(_mm_cvtsi64_si128(bits)));
+}
+
+__attribute__((target("avx2,fma"))) static double dot_avx2(const double *q, const int16_t *k, Py_ssize_t D) {
     __m256d even = _mm256_setzero_pd(), odd = _mm256_setzero_pd();
     Py_ssize_t d = 0;
     for (; d + 8 <= D; d += 8) {
-        even = _mm256_fmadd_pd(_mm256_loadu_pd(q + d), _mm256_cvtps_pd(_mm_loadu_ps(k + d)), even);
-        odd = _mm256_fmadd_pd(_mm256_loadu_pd(q + d + 4), _mm256_cvtps_pd(_mm_loadu_ps(k + d + 4)), odd);
+        even = _mm256_fmadd_pd(_mm256_loadu_pd(q + d), load4(k + d), even);
+        odd = _mm256_fmadd_pd(_mm256_loadu_pd(q + d + 4), load4(k + d + 4), odd);
     }
     double lanes[4];
     _mm256_storeu_pd(lanes, _mm256_add_pd(even, odd));
@@ -466,27 +479,42 @@ __attribute__((target("avx2,fma"))) static double dot_avx2(const double *q, cons
 }
 
 /* Four keys at once (D a multiple of 4): each q load serves four products. */
-__attribute__((target("avx2,fma"))) static void dot4_avx2(const double *q, const float *k, Py_ssize_t D,
+__attribute__((target("avx2,fma"))) static void dot4_avx2(const double *q, const int16_t *k, Py_ssize_t D,
                                                           double *scores) {
     __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd(), c = _mm256_setzero_pd(), e = _mm256_setzero_pd();
     for (Py_ssize_t d = 0; d < D; d += 4) {
         __m256d query = _mm256_loadu_pd(q + d);
-        a = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + d)), a);
-        b = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + D + d)), b);
-        c = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + 2 * D + d)), c);
-        e = _mm256_fmadd_pd(query, _mm256_cvtps_pd(_mm_loadu_ps(k + 3 * D + d)), e);
+        a = _mm256_fmadd_pd(query, load4(k + d), a);
+        b = _mm256_fmadd_pd(query, load4(k + D + d), b);
+        c = _mm256_fmadd_pd(query, load4(k + 2 * D + d), c);
+        e = _mm256_fmadd_pd(query, load4(k + 3 * D + d), e);
     }
     __m256d ab = _mm256_hadd_pd(a, b), ce = _mm256_hadd_pd(c, e); /* a0+a1 b0+b1 a2+a3 b2+b3 */
     __m256d low = _mm256_permute2f128_pd(ab, ce, 0x20), high = _mm256_permute2f128_pd(ab, ce, 0x31);
     _mm256_storeu_pd(scores, _mm256_add_pd(low, high));
 }
 
-__attribute__((target("avx2,fma"))) static void mix_avx2(double *acc, const float *v, double weight, Py_ssize_t D) {
+__attribute__((target("avx2,fma"))) static void mix_avx2(double *acc, const int16_t *v, double weight, Py_ssize_t D) {
     __m256d w = _mm256_set1_pd(weight);
     Py_ssize_t d = 0;
     for (; d + 4 <= D; d += 4)
-        _mm256_storeu_pd(acc + d, _mm256_fmadd_pd(w, _mm256_cvtps_pd(_mm_loadu_ps(v + d)), _mm256_loadu_pd(acc + d)));
+        _mm256_storeu_pd(acc + d, _mm256_fmadd_pd(w, load4(v + d), _mm256_loadu_pd(acc + d)));
     for (; d < D; d++) acc[d] += weight * (double)v[d];
+}
+
+/* Four keys' values at once (D a multiple of 4): each accumulator load and store serves four. */
+__attribute__((target("avx2,fma"))) static void mix4_avx2(double *acc, const int16_t *v, const double *weights,
+                                                          Py_ssize_t D) {
+    __m256d w0 = _mm256_set1_pd(weights[0]), w1 = _mm256_set1_pd(weights[1]);
+    __m256d w2 = _mm256_set1_pd(weights[2]), w3 = _mm256_set1_pd(weights[3]);
+    for (Py_ssize_t d = 0; d < D; d += 4) {
+        __m256d sum = _mm256_loadu_pd(acc + d);
+        sum = _mm256_fmadd_pd(w0, load4(v + d), sum);
+        sum = _mm256_fmadd_pd(w1, load4(v + D + d), sum);
+        sum = _mm256_fmadd_pd(w2, load4(v + 2 * D + d), sum);
+        sum = _mm256_fmadd_pd(w3, load4(v + 3 * D + d), sum);
+        _mm256_storeu_pd(acc + d, sum);
+    }
 }
 #endif
 
@@ -509,8 +537,10 @@ static void *attention_worker(void *argument) {
     for (Py_ssize_t item = task->worker; item < items; item += task->workers) {
         const Py_ssize_t row = item % task->Rq, head = (item / task->Rq) % task->H, batch = item / (task->Rq * task->H);
         const Py_ssize_t seen = task->Tk - task->Tq + row % task->Tq + 1;
-        const float *keys = task->k + (batch * task->H + head) * task->capacity * D;
-        const float *values = task->v + (batch * task->H + head) * task->capacity * D;
+        const int16_t *keys = task->k + (batch * task->H + head) * task->capacity * D;
+        const int16_t *values = task->v + (batch * task->H + head) * task->capacity * D;
+        const int32_t *key_exponent = task->k_exponent + (batch * task->H + head) * task->capacity;
+        const int32_t *value_exponent = task->v_exponent + (batch * task->H + head) * task->capacity;
         const int64_t *q = task->q + item * D;
         int64_t *out = task->out + item * D;
         for (Py_ssize_t d = 0; d < D; d++) query[d] = (double)q[d];
@@ -524,7 +554,7 @@ static void *attention_worker(void *argument) {
                 double scores[4];
                 dot4_avx2(query, keys + j * D, D, scores);
                 for (int n = 0; n < 4; n++) {
-                    int64_t logit = ((int64_t)scores[n] * multiplier + half) >> shift;
+                    int64_t logit = (((int64_t)scores[n] << key_exponent[j + n]) * multiplier + half) >> shift;
                     logits[j + n] = logit;
                     if (logit > best) best = logit;
                 }
@@ -536,25 +566,40 @@ static void *attention_worker(void *argument) {
 #else
             double score = dot_plain(query, keys + j * D, D);
 #endif
-            int64_t logit = ((int64_t)score * multiplier + half) >> shift;
+            int64_t logit = (((int64_t)score << key_exponent[j]) * multiplier + half) >> shift;
             logits[j] = logit;
             if (logit > best) best = logit;
         }
         for (Py_ssize_t d = 0; d < D; d++) acc[d] = 0;
         int64_t total = 0;
-        for (Py_ssize_t j = 0; j < seen; j++) {
+        j = 0;
+#if HAVE_X86
+        if (vector && D % 4 == 0)
+            for (; j + 4 <= seen; j += 4) {
+                double weights[4];
+                for (int n = 0; n < 4; n++) {
+                    int64_t gap = best - logits[j + n];
+                    if (gap > task->table_length - 1) gap = task->table_length - 1;
+                    weights[n] = (double)(task->table[gap] << value_exponent[j + n]);
+                    total += task->table[gap];
+                }
+                mix4_avx2(acc, values + j * D, weights, D);
+            }
+#endif
+        for (; j < seen; j++) {
             int64_t gap = best - logits[j];
             if (gap > task->table_length - 1) gap = task->table_length - 1;
             int64_t weight = task->table[gap];
             if (!weight) continue;
             total += weight;
+            double scaled = (double)(weight << value_exponent[j]);
 #if HAVE_X86
             if (vector)
-                mix_avx2(acc, values + j * D, (double)weight, D);
+                mix_avx2(acc, values + j * D, scaled, D);
             else
-                mix_plain(acc, values + j * D, (double)weight, D);
+                mix_plain(acc, values + j * D, scaled, D);
 #else
-            mix_plain(acc, values + j * D, (double)weight, D);
+            mix_plain(acc, values + j * D, scaled, D);
 #endif
         }
         for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * (int64_t)acc[d] + total, 2 * total);
@@ -566,11 +611,12 @@ static void *attention_worker(void *argument) {
 
 static PyObject *attention(PyObject *self, PyObject *args) {
     PyObject *q_object, *k_object, *v_object, *out_object, *multiplier_object, *shift_object, *table_object;
+    PyObject *k_exponent_object, *v_exponent_object;
     Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
     int threads, plain;
-    if (!PyArg_ParseTuple(args, "OOOOOOOnnnnnnnnip", &q_object, &k_object, &v_object, &out_object, &multiplier_object,
-                          &shift_object, &table_object, &B, &H, &Rq, &Tq, &Tk, &capacity, &D, &table_length, &threads,
-                          &plain))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOnnnnnnnnip", &q_object, &k_object, &k_exponent_object, &v_object,
+                          &v_exponent_object, &out_object, &multiplier_object, &shift_object, &table_object, &B, &H,
+                          &Rq, &Tq, &Tk, &capacity, &D, &table_length, &threads, &plain))
         return NULL;
     if (B < 0 || H <= 0 || Tq <= 0 || Rq % Tq || Tk < Tq || capacity < Tk || D <= 0 || table_length <= 0) {
         PyErr_SetString(PyExc_ValueError, "inconsistent attention shapes");
@@ -580,8 +626,10 @@ static PyObject *attention(PyObject *self, PyObject *args) {
     AttentionTask task = {.B = B, .H = H, .Rq = Rq, .Tq = Tq, .Tk = Tk, .capacity = capacity, .D = D,
                           .table_length = table_length, .plain = plain};
     if (!(task.q = take(&buffers, q_object, 8, B * H * Rq * D, 0, "q")) ||
-        !(task.k = take(&buffers, k_object, 4, B * H * capacity * D, 0, "k")) ||
-        !(task.v = take(&buffers, v_object, 4, B * H * capacity * D, 0, "v")) ||
+        !(task.k = take(&buffers, k_object, 2, B * H * capacity * D, 0, "k")) ||
+        !(task.k_exponent = take(&buffers, k_exponent_object, 4, B * H * capacity, 0, "k_exponent")) ||
+        !(task.v = take(&buffers, v_object, 2, B * H * capacity * D, 0, "v")) ||
+        !(task.v_exponent = take(&buffers, v_exponent_object, 4, B * H * capacity, 0, "v_exponent")) ||
         !(task.out = take(&buffers, out_object, 8, B * H * Rq * D, 1, "out")) ||
         !(task.multiplier = take(&buffers, multiplier_object, 8, H, 0, "multiplier")) ||
         !(task.shift = take(&buffers, shift_object, 8, H, 0, "shift")) ||
@@ -716,7 +764,8 @@ static PyMethodDef methods[] = {
      "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent)"},
     {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent)"},
     {"attention", attention, METH_VARARGS,
-     "attention(q, k, v, out, multiplier, shift, table, B, H, Rq, Tq, Tk, capacity, D, table_length, threads, plain)"},
+     "attention(q, k, k_exponent, v, v_exponent, out, multiplier, shift, table, B, H, Rq, Tq, Tk, capacity, D, "
+     "table_length, threads, plain)"},
     {"rotate", rotate, METH_VARARGS,
      "rotate(x, cos, sin, N, columns, begin, heads, width, T, start, table_rows, bits): rotary positions in place"},
     {"swiglu", swiglu, METH_VARARGS,

@@ -511,19 +511,33 @@ class ExactEngine:
     def start(self, batch_size: int) -> "ExactSession":
         return ExactSession(self, batch_size)
 
+    def new_caches(self, batch_size: int) -> tuple:
+        """One layer's key and value caches for a session."""
+        return tuple(_Cache(batch_size, self.cache_heads, self.context_length, self.cache_head_dim, self.device,
+                            self.cache_dtype) for _ in range(2))
+
     def cache_bytes(self, positions: int) -> int:
         """Memory of one sequence's keys and values over `positions` positions in a session."""
         return len(self.blocks) * 2 * self.cache_heads * self.cache_head_dim * positions * self.cache_dtype.itemsize
 
-    @torch.no_grad()
     def sequence_weights(self, token_lists: list[np.ndarray]) -> list[np.ndarray]:
         """Rows for every position of each sequence: row t predicts tokens[t] from [start] + tokens[:t]."""
+        pieces: list[list[np.ndarray]] = [[] for _ in token_lists]
+        for index, _, rows in self.sequence_pieces(token_lists):
+            pieces[index].append(rows)
+        return [np.concatenate(parts) if len(parts) > 1 else parts[0] if parts
+                else np.zeros((0, self.vocab_size), dtype=np.int64) for parts in pieces]
+
+    @torch.no_grad()
+    def sequence_pieces(self, token_lists: list[np.ndarray]):
+        """The same rows in pieces of at most HEAD_ROWS_PER_PASS positions, as (sequence, start, rows):
+        a 1,023-token chunk of a 49,152-token vocabulary is 400 MB of rows at once. Each sequence's
+        pieces come in order."""
         token_lists = [np.asarray(tokens, dtype=np.int64) for tokens in token_lists]
         for tokens in token_lists:
             if len(tokens) > self.context_length:
                 raise ValueError(f"a sequence of {len(tokens)} tokens exceeds the context of {self.context_length}")
             self._check_tokens(tokens)
-        results: list[np.ndarray | None] = [None] * len(token_lists)
         # Group sequences of similar length to bound padding and the (B, H, T, T) score memory.
         order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
         budget = 2**21  # score entries per group and head
@@ -531,17 +545,14 @@ class ExactEngine:
         for index in order + [None]:
             length = 0 if index is None else len(token_lists[index])
             if group and (index is None or (len(group) + 1) * max(length, 1) ** 2 > budget):
-                self._sequence_group(token_lists, group, results)
+                yield from self._sequence_group(token_lists, group)
                 group = []
             if index is not None:
                 group.append(index)
-        return results
 
-    def _sequence_group(self, token_lists, group, results) -> None:
+    def _sequence_group(self, token_lists, group):
         longest = max(len(token_lists[i]) for i in group)
         if longest == 0:
-            for i in group:
-                results[i] = np.zeros((0, self.vocab_size), dtype=np.int64)
             return
         # Inputs are [start] + tokens[:-1]; padding after a sequence's end is never attended to.
         inputs = np.full((len(group), longest), self.start_token, dtype=np.int64)
@@ -551,12 +562,8 @@ class ExactEngine:
         x = self._hidden(torch.from_numpy(inputs).to(self.device), 0, allowed=causal)
         for row, i in enumerate(group):
             length = len(token_lists[i])
-            pieces = [self._rows(x[row, s : min(length, s + HEAD_ROWS_PER_PASS)])
-                      for s in range(0, length, HEAD_ROWS_PER_PASS)]
-            if not pieces:
-                results[i] = np.zeros((0, self.vocab_size), np.int64)
-            else:
-                results[i] = (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).cpu().numpy()  # one piece: no copy
+            for start in range(0, length, HEAD_ROWS_PER_PASS):
+                yield i, start, self._rows(x[row, start : min(length, start + HEAD_ROWS_PER_PASS)]).cpu().numpy()
 
 
 class ExactGPTEngine(ExactEngine):
@@ -655,11 +662,7 @@ class ExactSession:
         self.engine = engine
         self.batch_size = batch_size
         self.position = 0
-        self.caches = [
-            tuple(_Cache(batch_size, engine.cache_heads, engine.context_length, engine.cache_head_dim, engine.device,
-                         engine.cache_dtype) for _ in range(2))
-            for _ in engine.blocks
-        ]
+        self.caches = [engine.new_caches(batch_size) for _ in engine.blocks]
 
     @torch.no_grad()
     def advance(self, tokens: np.ndarray) -> np.ndarray:

@@ -453,6 +453,19 @@ class GGUFLlama:
         if "output.weight" in self.tensors and tuple(int(n) for n in self.tensors["output.weight"].shape) != expected["token_embd.weight"]:
             raise ValueError("tensor output.weight has the wrong shape")
 
+    def release(self) -> None:
+        """Unmap the file once an engine holds its own copies (the mapped pages count as resident
+        memory); `reopen` maps it again for another engine."""
+        self.reader = None
+        self.tensors = {}
+
+    def reopen(self) -> None:
+        if self.reader is None:
+            from ..models.gguf import _fast_reader
+
+            self.reader = _fast_reader(self.path)
+            self.tensors = {tensor.name: tensor for tensor in self.reader.tensors}
+
     def field(self, key: str, default=None):
         field = self.reader.fields.get(key)
         return default if field is None else field.contents()
@@ -539,19 +552,26 @@ class _Block:
     def matrices(self):
         return [self.qkv, self.o_proj, self.gate_up, self.down]
 
-    def _attend_compiled(self, q, k, v, products, tables, keys, values):
-        """The kernel's attention: causal over the keys so far, the same integers as integer_attention."""
+    def _attend(self, q, k, v, products, tables, keys, values, allowed):
+        """Causal attention over the keys so far, keys and values as int16 rows with exponents (the cache's
+        form, also in a full pass, so both see the same integers)."""
         B, Hkv, rows, D = q.shape
         T = k.shape[2]
-        if keys is not None:  # a session: keys and values join the caches, which the kernel reads in place
-            keys(k), values(v)
-            k_store, v_store, seen = keys.store, values.store, keys.position + T
-        else:
-            k_store, v_store, seen = k.to(torch.float32).contiguous(), v.to(torch.float32).contiguous(), T
+        if keys is None:  # a full pass: the whole sequence as one temporary cache
+            keys, values = _KeyValueRows(B, Hkv, T, D, products), _KeyValueRows(B, Hkv, T, D, products)
+        keys.append(k)
+        values.append(v)
+        seen = keys.position + T
+        if not products.compiled:
+            group = rows // T
+            mask = None if allowed is None else allowed.repeat(group, 1)
+            return integer_attention(q, keys.values(seen), values.values(seen), self.score_scale, tables.attention,
+                                     mask, ROTATED_BOUND, VALUE_LIMIT)
         out = torch.empty(B, Hkv, rows, D, dtype=torch.int64)
-        _quantized.attention(q.contiguous().numpy(), k_store.numpy(), v_store.numpy(), out.numpy(),
-                             self.score_multiplier, self.score_shift, tables.attention_array, B, Hkv, rows, T, seen,
-                             k_store.shape[2], D, len(tables.attention_array), products.threads, products.plain)
+        _quantized.attention(q.contiguous().numpy(), keys.rows.numpy(), keys.exponents.numpy(), values.rows.numpy(),
+                             values.exponents.numpy(), out.numpy(), self.score_multiplier, self.score_shift,
+                             tables.attention_array, B, Hkv, rows, T, seen, keys.rows.shape[2], D,
+                             len(tables.attention_array), products.threads, products.plain)
         return out
 
     def __call__(self, x, products: _Products, start, cos, sin, tables, keys=None, values=None, allowed=None):
@@ -570,13 +590,7 @@ class _Block:
         group = Hq // Hkv
         # Grouped-query attention without copying keys: the group's query heads become more queries.
         q = q.reshape(B, Hkv, group * T, D)
-        if products.compiled:
-            y = self._attend_compiled(q, k, v, products, tables, keys, values)
-        else:
-            if keys is not None:
-                k, v = keys(k), values(v)
-            mask = None if allowed is None else allowed.repeat(group, 1)
-            y = integer_attention(q, k, v, self.score_scale, tables.attention, mask, ROTATED_BOUND, VALUE_LIMIT)
+        y = self._attend(q, k, v, products, tables, keys, values, allowed)
         y = y.reshape(B, Hq, T, D).transpose(1, 2).reshape(B * T, Hq * D)
         y16, exponent = products.int16_rows(y, -self.v_exponent)
         products.linear(self.o_proj, y16, exponent, accumulate_into=rows)
@@ -587,6 +601,41 @@ class _Block:
         p16, exponent = products.swiglu(gate_up, tables, self.gate_exponent, -(self.gate_exponent + self.up_exponent))
         products.linear(self.down, p16, exponent, accumulate_into=rows)
         return x
+
+
+class _KeyValueRows:
+    """Keys or values of one layer: int16 rows (B, H, positions, D) with one exponent per row, grown as needed.
+
+    Rounding each 64-entry row to 15 bits keeps more precision than fp16 and half the memory of
+    float32, so more chunks decode in lockstep within the same memory.
+    """
+
+    def __init__(self, batch_size, heads, length, head_dim, products, capacity=None):
+        self.length = length  # positions at most
+        self.products = products
+        capacity = length if capacity is None else min(length, capacity)
+        self.rows = torch.zeros(batch_size, heads, capacity, head_dim, dtype=torch.int16)
+        self.exponents = torch.zeros(batch_size, heads, capacity, dtype=torch.int32)
+        self.position = 0
+
+    def append(self, x: torch.Tensor) -> None:
+        """x (B, H, T, D) int64 at positions position.. (a session sets `position` before each step)."""
+        B, H, T, D = x.shape
+        end = self.position + T
+        if end > self.rows.shape[2]:  # grow by doubling, up to the context
+            capacity = min(self.length, max(end, 2 * self.rows.shape[2]))
+            rows = self.rows.new_zeros(B, H, capacity, D)
+            exponents = self.exponents.new_zeros(B, H, capacity)
+            rows[:, :, : self.rows.shape[2]] = self.rows
+            exponents[:, :, : self.rows.shape[2]] = self.exponents
+            self.rows, self.exponents = rows, exponents
+        x16, exponent = self.products.int16_rows(x.reshape(-1, D), 0)
+        self.rows[:, :, self.position : end] = x16.view(B, H, T, D)
+        self.exponents[:, :, self.position : end] = exponent.view(B, H, T)
+
+    def values(self, end: int) -> torch.Tensor:
+        """The integers the rows stand for, (B, H, end, D) int64."""
+        return self.rows[:, :, :end].to(torch.int64) << self.exponents[:, :, :end, None].to(torch.int64)
 
 
 class _Tables:
@@ -602,11 +651,11 @@ class _Tables:
 class ExactGGUFLlamaEngine(ExactEngine):
     """Exact engine computing with a GGUF Llama file's own quantised integers."""
 
-    cache_dtype = torch.float32  # |k| <= 2**19, |v| <= 2**20: exact in float32
 
     def __init__(self, model: GGUFLlama, device: str | torch.device = "cpu", start_token: int = 0,
                  context_length: int | None = None, threads: int | None = None, reference: bool = False,
                  plain: bool = False):
+        model.reopen()
         shape = model.shape
         self.shape = shape
         self.device = torch.device(device)
@@ -620,7 +669,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
         # Token embeddings: exact integers at the residual's unit, the finest scale exponent among them.
         self.embedding = model.matrix("token_embd.weight")
         self.residual_bits = int(max(0, -int(self.embedding.exponents.min())))
-        self.embedding_codes = torch.from_numpy(self.embedding.natural_codes.astype(np.int16)).to(self.device)
+        self.embedding_codes = torch.from_numpy(self.embedding.natural_codes).to(self.device)  # int8
         self.embedding_scales = torch.from_numpy(self.embedding.scales.astype(np.int64)).to(self.device)
         self.embedding_shift = torch.from_numpy((self.embedding.exponents + self.residual_bits).astype(np.int64)).to(self.device)
         if self.embedding.minimums is not None:
@@ -635,6 +684,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
         if self.products.compiled:  # the kernels read only their own layout
             for matrix in [self.head] + [m for block in self.blocks for m in block.matrices()]:
                 matrix.drop_natural_codes()
+        model.release()
 
         self.settings = {
             "kind": "exact",
@@ -657,6 +707,18 @@ class ExactGGUFLlamaEngine(ExactEngine):
             "row_total_bits": ROW_TOTAL_BITS,
         }
 
+    def set_threads(self, threads: int | None) -> None:
+        """Threads of the compiled kernels (None: torch's count); the integers are the same for any."""
+        self.products.threads = threads or torch.get_num_threads()
+
+    def new_caches(self, batch_size: int) -> tuple:
+        return tuple(_KeyValueRows(batch_size, self.cache_heads, self.context_length, self.cache_head_dim,
+                                   self.products, capacity=64) for _ in range(2))
+
+    def cache_bytes(self, positions: int) -> int:
+        row = self.cache_head_dim * 2 + 4  # int16 entries and an int32 exponent
+        return len(self.blocks) * 2 * self.cache_heads * row * positions
+
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         B, T = tokens.shape
         flat = tokens.reshape(-1)
@@ -666,16 +728,21 @@ class ExactGGUFLlamaEngine(ExactEngine):
 
     def _hidden(self, inputs, start_position, caches=None, allowed=None):
         x = self._embed(inputs)  # (B, T, C)
-        end = start_position + inputs.shape[1]
-        if end > len(self.cos):  # the tables grow with the longest sequence seen, up to the context
-            length = min(self.context_length, max(end, 2 * len(self.cos), 256))
-            cos, sin = rope_tables(self.shape.rope_theta, self.shape.head_dim, length)
-            self.cos, self.sin = cos.to(self.device), sin.to(self.device)
+        cos, sin = self.rotary_tables(start_position + inputs.shape[1])
         for index, block in enumerate(self.blocks):
             keys, values = caches[index] if caches is not None else (None, None)
-            x = block(x, self.products, start_position, self.cos, self.sin, self.tables, keys=keys, values=values,
+            x = block(x, self.products, start_position, cos, sin, self.tables, keys=keys, values=values,
                       allowed=allowed)
         return x
+
+    def rotary_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin tables covering at least `positions` positions; they grow with the longest
+        sequence seen, up to the context."""
+        if positions > len(self.cos):
+            length = min(self.context_length, max(positions, 2 * len(self.cos), 256))
+            cos, sin = rope_tables(self.shape.rope_theta, self.shape.head_dim, length)
+            self.cos, self.sin = cos.to(self.device), sin.to(self.device)
+        return self.cos, self.sin
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         h, exponent = self.products.rms_norm(x.contiguous(), self.norm_f)

@@ -83,15 +83,17 @@ class LoadedModel:
         if self.source == "gguf":
             from ..engine.gguf_llama import ExactGGUFLlamaEngine
 
-            key = (str(device), threads)
+            key = str(device)
             if key not in self._exact_engines:
                 try:
                     self._exact_engines[key] = ExactGGUFLlamaEngine(
                         self.backend, device=device, start_token=self.tokenizer.start_token,
-                        context_length=self.context_length, threads=threads)
+                        context_length=self.context_length)
                 except (ValueError, IndexError) as error:  # a damaged tensor
                     raise ModelError(f"model '{self.name}': {error}") from None
-            return self._exact_engines[key]
+            engine = self._exact_engines[key]
+            engine.set_threads(threads)  # results do not depend on it
+            return engine
         from ..engine.exact_llama import ExactLlamaEngine
 
         key = str(device)

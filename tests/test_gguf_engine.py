@@ -1,0 +1,175 @@
+"""The GGUF exact engine: compiled kernels against their torch twins, and the invariances that make
+files decode anywhere (thread count, batch, full pass against incremental, AVX2 against plain C)."""
+
+import numpy as np
+import pytest
+import torch
+
+import llmzip
+from llmzip.engine import gguf_llama
+from llmzip.engine.gguf_llama import ExactGGUFLlamaEngine, GGUFLlama, QuantisedMatrix, _Products
+from llmzip.errors import ModelError
+
+from conftest import make_gguf_llama
+
+pytestmark = pytest.mark.skipif(not gguf_llama.kernels_available(), reason="compiled kernels not built")
+
+SEQUENCES = [np.array(s) for s in ([5, 90, 17, 200, 3, 3, 3, 41, 9], [7], list(range(40, 110)), [263] * 30)]
+
+
+def engine(path, **options):
+    return ExactGGUFLlamaEngine(GGUFLlama(path), start_token=0, **options)
+
+
+@pytest.fixture(scope="module", params=["Q4_1", "Q8_0", "Q4_0"])
+def model_file(request, tmp_path_factory):
+    return str(make_gguf_llama(tmp_path_factory.mktemp("gguf") / f"m.{request.param}.gguf",
+                               matrix_type=request.param, seed=hash(request.param) % 1000))
+
+
+@pytest.fixture(scope="module")
+def compiled_rows(model_file):
+    return engine(model_file, threads=1).sequence_weights(SEQUENCES)
+
+
+def test_rows_are_integer_distributions(compiled_rows):
+    for rows, tokens in zip(compiled_rows, SEQUENCES):
+        assert rows.shape == (len(tokens), 264) and rows.dtype == np.int64
+        assert (rows.sum(axis=1) == 2**30).all() and (rows >= 0).all()
+
+
+def test_compiled_kernels_equal_the_torch_reference(model_file, compiled_rows):
+    reference = engine(model_file, reference=True).sequence_weights(SEQUENCES)
+    for compiled, expected in zip(compiled_rows, reference):
+        assert np.array_equal(compiled, expected)
+
+
+def test_plain_c_equals_avx2(model_file, compiled_rows):
+    plain = engine(model_file, threads=2, plain=True).sequence_weights(SEQUENCES)
+    for rows, expected in zip(plain, compiled_rows):
+        assert np.array_equal(rows, expected)
+
+
+def test_thread_counts_agree(model_file, compiled_rows):
+    for rows, expected in zip(engine(model_file, threads=3).sequence_weights(SEQUENCES), compiled_rows):
+        assert np.array_equal(rows, expected)
+
+
+def test_incremental_equals_full_pass_and_batch_neighbours_do_not_matter(model_file, compiled_rows):
+    exact = engine(model_file, threads=2)
+    longest = max(len(tokens) for tokens in SEQUENCES)
+    session = exact.start(len(SEQUENCES))
+    feed = np.zeros(len(SEQUENCES), dtype=np.int64)
+    for step in range(longest):
+        rows = session.advance(feed)
+        for index, tokens in enumerate(SEQUENCES):
+            if step < len(tokens):
+                assert np.array_equal(rows[index], compiled_rows[index][step])
+                feed[index] = tokens[step]
+            else:
+                feed[index] = 0
+    alone = exact.start(1)  # batch 1, no neighbours
+    for step, token in enumerate([0] + list(SEQUENCES[0][:-1])):
+        assert np.array_equal(alone.advance(np.array([token]))[0], compiled_rows[0][step])
+
+
+def random_matrix(rng, rows, inputs, kind):
+    import gguf
+
+    weight = (rng.standard_normal((rows, inputs)) * rng.choice([1e-4, 0.02, 3.0])).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.01] *= 50  # outliers widen the scales' exponent span
+    raw = gguf.quants.quantize(weight, getattr(gguf.GGMLQuantizationType, kind))
+    return QuantisedMatrix.from_gguf(kind, raw, rows, inputs), weight
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0", "Q4_0"])
+def test_product_kernel_equals_reference_on_extreme_inputs(kind):
+    rng = np.random.default_rng(7)
+    matrix, _ = random_matrix(rng, 24, 96, kind)
+    matrix.output_shift = rng.integers(-20, 30, 24).astype(np.int32)
+    matrix.limits = np.full(24, 2**40, dtype=np.int64)
+    x = torch.from_numpy(rng.integers(-32767, 32768, (9, 96)).astype(np.int16))
+    x[0] = 32767
+    x[1] = -32767
+    x[2] = 0
+    exponent = torch.from_numpy(rng.integers(-30, 10, 9).astype(np.int32))
+    expected = _Products(compiled=False, threads=1).linear(matrix, x, exponent)
+    for plain in (False, True):
+        for threads in (1, 2):
+            assert torch.equal(_Products(True, threads, plain).linear(matrix, x, exponent), expected)
+    accumulated = torch.full_like(expected, 5)
+    _Products(True, 2).linear(matrix, x, exponent, accumulate_into=accumulated)
+    assert torch.equal(accumulated, expected + 5)
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
+def test_matrix_integers_are_the_files_weights(kind):
+    """Scales as integers times a power of two per row reproduce the dequantised weights exactly."""
+    import gguf
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((16, 64)) * 0.05).astype(np.float32)
+    raw = gguf.quants.quantize(weight, getattr(gguf.GGMLQuantizationType, kind))
+    matrix = QuantisedMatrix.from_gguf(kind, raw, 16, 64)
+    dequantised = gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, kind)).astype(np.float64)
+    assert np.array_equal(matrix.real(), dequantised.reshape(16, 64))
+
+
+def test_norm_rows_and_swiglu_kernels_equal_their_twins(gguf_llama):
+    exact = engine(gguf_llama, threads=1)
+    reference = _Products(compiled=False, threads=1)
+    rng = np.random.default_rng(11)
+    residual = torch.from_numpy(rng.integers(-2**40, 2**40, (6, 64)))
+    residual[0] = 0
+    residual[1, :] = 1
+    block = exact.blocks[0]
+    for products in (exact.products, _Products(True, 1, plain=True)):
+        for got, expected in zip(products.rms_norm(residual, block.norm1), reference.rms_norm(residual, block.norm1)):
+            assert torch.equal(got, expected)
+        wide = torch.from_numpy(rng.integers(-2**50, 2**50, (5, 128)))
+        for got, expected in zip(products.int16_rows(wide, -7), reference.int16_rows(wide, -7)):
+            assert torch.equal(got, expected)
+        gate_up = torch.from_numpy(rng.integers(-2**24, 2**24, (4, 256)))
+        for got, expected in zip(products.swiglu(gate_up, exact.tables, block.gate_exponent, -40),
+                                 reference.swiglu(gate_up, exact.tables, block.gate_exponent, -40)):
+            assert torch.equal(got, expected)
+        qk = torch.from_numpy(rng.integers(-2**18, 2**18, (6, 96)))
+        cos, sin = exact.rotary_tables(16)
+        expected = qk.clone()
+        reference.rotate(expected, 16, 4, 16, 3, 5, cos, sin)
+        got = qk.clone()
+        products.rotate(got, 16, 4, 16, 3, 5, cos, sin)
+        assert torch.equal(got, expected)
+
+
+def test_round_trip_through_the_api(gguf_llama):
+    data = ("the theater is in the south; " * 30).encode() + "红楼梦 \xff".encode("utf-8", "surrogateescape")
+    for options in ({}, {"chunk_tokens": 20, "batch_size": 3}):
+        packed = llmzip.compress(data, model=gguf_llama, xz_fallback=False, **options)
+        info = llmzip.info(packed)
+        assert info.chunks["model"] >= 1 and info.model_settings["engine"]["architecture"] == "llama-gguf"
+        assert llmzip.decompress(packed, model=gguf_llama) == data
+
+
+def test_identity_is_the_content_not_the_name(gguf_llama, tmp_path):
+    copy = tmp_path / "renamed.gguf"
+    copy.write_bytes(open(gguf_llama, "rb").read())
+    data = b"the other theater, the south. " * 10
+    packed = llmzip.compress(data, model=gguf_llama, xz_fallback=False)
+    assert llmzip.decompress(packed, model=str(copy)) == data
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header", "metadata"])
+def test_damaged_gguf_is_refused_clearly(gguf_llama, tmp_path, damage):
+    content = bytearray(open(gguf_llama, "rb").read())
+    if damage == "truncated":
+        content = content[: len(content) * 2 // 3]
+    elif damage == "header":
+        content[:4] = b"GGUX"
+    else:
+        content[30:60] = b"\xff" * 30
+    path = tmp_path / "damaged.gguf"
+    path.write_bytes(bytes(content))
+    with pytest.raises(ModelError):
+        model = llmzip.models.load_model(str(path))
+        model.engine()
