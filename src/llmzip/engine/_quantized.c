@@ -118,8 +118,11 @@ static void linear_plain(const LinearTask *task) {
     __attribute__((target("avx2"))) static void linear_tile_##TOKENS(const LinearTask *task, Py_ssize_t group, \
                                                                       Py_ssize_t t0) {                        \
         const Py_ssize_t blocks = task->K / BLOCK;                                                            \
+        /* int64 totals live in memory: they change once per block, the int32 sums every pair */            \
         __m256i even[TOKENS], odd[TOKENS];                                                                     \
         for (int n = 0; n < TOKENS; n++) even[n] = odd[n] = _mm256_setzero_si256();                           \
+        const int16_t *rows[TOKENS];                                                                           \
+        for (int n = 0; n < TOKENS; n++) rows[n] = task->x + (t0 + n) * task->K;                               \
         for (Py_ssize_t b = 0; b < blocks; b++) {                                                              \
             const uint8_t *codes = task->codes + (group * blocks + b) * (BLOCK * ROWS_PER_GROUP);              \
             __m256i sums[TOKENS];                                                                              \
@@ -129,7 +132,7 @@ static void linear_plain(const LinearTask *task) {
                 __m256i weights = task->signed_codes ? _mm256_cvtepi8_epi16(raw) : _mm256_cvtepu8_epi16(raw); \
                 for (int n = 0; n < TOKENS; n++) {                                                             \
                     int32_t inputs;                                                                            \
-                    memcpy(&inputs, task->x + (t0 + n) * task->K + b * BLOCK + 2 * pair, 4);                    \
+                    memcpy(&inputs, rows[n] + b * BLOCK + 2 * pair, 4);                                         \
                     sums[n] = _mm256_add_epi32(sums[n], _mm256_madd_epi16(weights, _mm256_set1_epi32(inputs))); \
                 }                                                                                              \
             }                                                                                                  \
@@ -162,6 +165,7 @@ static void linear_plain(const LinearTask *task) {
         }                                                                                                      \
     }
 
+DEFINE_TILE(8)
 DEFINE_TILE(4)
 DEFINE_TILE(3)
 DEFINE_TILE(2)
@@ -174,6 +178,7 @@ static void linear_avx2(const LinearTask *task) {
         Py_ssize_t end = begin + TOKEN_TILE < task->T ? begin + TOKEN_TILE : task->T;
         for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
             Py_ssize_t t = begin;
+            for (; t + 8 <= end; t += 8) linear_tile_8(task, group, t);
             for (; t + 4 <= end; t += 4) linear_tile_4(task, group, t);
             if (end - t == 3) linear_tile_3(task, group, t);
             else if (end - t == 2) linear_tile_2(task, group, t);
@@ -433,12 +438,12 @@ static PyObject *rms_norm(PyObject *self, PyObject *args) {
  * its torch twin): scores are exact dot products (float64 sums of integers below 2**53), turned
  * into logits by the head's fixed-point ratio, weighted by table[max - logit], and the output is
  * the weighted mean of v rounded half up. Query row r (of Rq = group * Tq rows, query t = r % Tq)
- * sees keys 0 .. Tk - Tq + t. Keys and values are int16 rows with a power-of-two exponent each, so
- * a score is (q . k16) * 2**e and a value's weight is table[gap] * 2**e, all exact in float64. */
+ * sees keys 0 .. Tk - Tq + t. Keys and values are int16 rows with a power-of-two exponent each;
+ * a worker turns a head's rows into exact doubles (k16 * 2**e) once and serves many queries. */
 typedef struct {
     const int64_t *q;       /* [B][H][Rq][D] */
-    const int16_t *k, *v;   /* [B][H][capacity][D]: key and value rows as int16 ... */
-    const int32_t *k_exponent, *v_exponent; /* [B][H][capacity]: ... times 2**exponent */
+    const int16_t *k, *v;   /* [B][H][capacity][D] */
+    const int32_t *k_exponent, *v_exponent; /* [B][H][capacity] */
     int64_t *out;           /* [B][H][Rq][D] */
     const int64_t *multiplier, *shift, *table;
     Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
@@ -446,167 +451,154 @@ typedef struct {
     int worker, workers;
 } AttentionTask;
 
-static double dot_plain(const double *q, const int16_t *k, Py_ssize_t D) {
+#define QUERY_ROWS 32 /* rows per work item: enough to reuse a head's converted keys */
+
+static double dot_plain(const double *q, const double *k, Py_ssize_t D) {
     double sum = 0;
-    for (Py_ssize_t d = 0; d < D; d++) sum += q[d] * (double)k[d];
+    for (Py_ssize_t d = 0; d < D; d++) sum += q[d] * k[d];
     return sum;
 }
 
-static void mix_plain(double *acc, const int16_t *v, double weight, Py_ssize_t D) {
-    for (Py_ssize_t d = 0; d < D; d++) acc[d] += weight * (double)v[d];
+static void mix_plain(double *acc, const double *v, double weight, Py_ssize_t D) {
+    for (Py_ssize_t d = 0; d < D; d++) acc[d] += weight * v[d];
 }
 
 #if HAVE_X86
-/* Four int16 as four doubles. */
-__attribute__((target("avx2,fma"))) static inline __m256d load4(const int16_t *x) {
-    int64_t bits;
-    memcpy(&bits, x, 8);
-    return _mm256_cvtepi32_pd(_mm_cvtepi16_epi32(_mm_cvtsi64_si128(bits)));
-}
-
-__attribute__((target("avx2,fma"))) static double dot_avx2(const double *q, const int16_t *k, Py_ssize_t D) {
-    __m256d even = _mm256_setzero_pd(), odd = _mm256_setzero_pd();
-    Py_ssize_t d = 0;
-    for (; d + 8 <= D; d += 8) {
-        even = _mm256_fmadd_pd(_mm256_loadu_pd(q + d), load4(k + d), even);
-        odd = _mm256_fmadd_pd(_mm256_loadu_pd(q + d + 4), load4(k + d + 4), odd);
-    }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(even, odd));
-    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for (; d < D; d++) sum += q[d] * (double)k[d];
-    return sum;
-}
-
-/* Four keys at once (D a multiple of 4): each q load serves four products. */
-__attribute__((target("avx2,fma"))) static void dot4_avx2(const double *q, const int16_t *k, Py_ssize_t D,
+/* Four keys at once (D a multiple of 4): each query load serves four products. */
+__attribute__((target("avx2,fma"))) static void dot4_avx2(const double *q, const double *k, Py_ssize_t D,
                                                           double *scores) {
     __m256d a = _mm256_setzero_pd(), b = _mm256_setzero_pd(), c = _mm256_setzero_pd(), e = _mm256_setzero_pd();
     for (Py_ssize_t d = 0; d < D; d += 4) {
         __m256d query = _mm256_loadu_pd(q + d);
-        a = _mm256_fmadd_pd(query, load4(k + d), a);
-        b = _mm256_fmadd_pd(query, load4(k + D + d), b);
-        c = _mm256_fmadd_pd(query, load4(k + 2 * D + d), c);
-        e = _mm256_fmadd_pd(query, load4(k + 3 * D + d), e);
+        a = _mm256_fmadd_pd(query, _mm256_loadu_pd(k + d), a);
+        b = _mm256_fmadd_pd(query, _mm256_loadu_pd(k + D + d), b);
+        c = _mm256_fmadd_pd(query, _mm256_loadu_pd(k + 2 * D + d), c);
+        e = _mm256_fmadd_pd(query, _mm256_loadu_pd(k + 3 * D + d), e);
     }
     __m256d ab = _mm256_hadd_pd(a, b), ce = _mm256_hadd_pd(c, e); /* a0+a1 b0+b1 a2+a3 b2+b3 */
     __m256d low = _mm256_permute2f128_pd(ab, ce, 0x20), high = _mm256_permute2f128_pd(ab, ce, 0x31);
     _mm256_storeu_pd(scores, _mm256_add_pd(low, high));
 }
 
-__attribute__((target("avx2,fma"))) static void mix_avx2(double *acc, const int16_t *v, double weight, Py_ssize_t D) {
-    __m256d w = _mm256_set1_pd(weight);
-    Py_ssize_t d = 0;
-    for (; d + 4 <= D; d += 4)
-        _mm256_storeu_pd(acc + d, _mm256_fmadd_pd(w, load4(v + d), _mm256_loadu_pd(acc + d)));
-    for (; d < D; d++) acc[d] += weight * (double)v[d];
-}
-
-/* Four keys' values at once (D a multiple of 4): each accumulator load and store serves four. */
-__attribute__((target("avx2,fma"))) static void mix4_avx2(double *acc, const int16_t *v, const double *weights,
+/* Four keys' values at once: each accumulator load and store serves four. */
+__attribute__((target("avx2,fma"))) static void mix4_avx2(double *acc, const double *v, const double *weights,
                                                           Py_ssize_t D) {
     __m256d w0 = _mm256_set1_pd(weights[0]), w1 = _mm256_set1_pd(weights[1]);
     __m256d w2 = _mm256_set1_pd(weights[2]), w3 = _mm256_set1_pd(weights[3]);
     for (Py_ssize_t d = 0; d < D; d += 4) {
         __m256d sum = _mm256_loadu_pd(acc + d);
-        sum = _mm256_fmadd_pd(w0, load4(v + d), sum);
-        sum = _mm256_fmadd_pd(w1, load4(v + D + d), sum);
-        sum = _mm256_fmadd_pd(w2, load4(v + 2 * D + d), sum);
-        sum = _mm256_fmadd_pd(w3, load4(v + 3 * D + d), sum);
+        sum = _mm256_fmadd_pd(w0, _mm256_loadu_pd(v + d), sum);
+        sum = _mm256_fmadd_pd(w1, _mm256_loadu_pd(v + D + d), sum);
+        sum = _mm256_fmadd_pd(w2, _mm256_loadu_pd(v + 2 * D + d), sum);
+        sum = _mm256_fmadd_pd(w3, _mm256_loadu_pd(v + 3 * D + d), sum);
         _mm256_storeu_pd(acc + d, sum);
     }
 }
 #endif
+
+static void to_doubles(const int16_t *rows, const int32_t *exponents, Py_ssize_t begin, Py_ssize_t end,
+                       Py_ssize_t D, double *out) {
+    for (Py_ssize_t j = begin; j < end; j++)
+        for (Py_ssize_t d = 0; d < D; d++) out[j * D + d] = (double)((int64_t)rows[j * D + d] << exponents[j]);
+}
+
+static void attend_row(const AttentionTask *task, Py_ssize_t item, const double *keys, const double *values,
+                       int64_t *logits, double *query, double *acc, int vector) {
+    const Py_ssize_t D = task->D;
+    const Py_ssize_t row = item % task->Rq, head = (item / task->Rq) % task->H;
+    const Py_ssize_t seen = task->Tk - task->Tq + row % task->Tq + 1;
+    const int64_t *q = task->q + item * D;
+    int64_t *out = task->out + item * D;
+    for (Py_ssize_t d = 0; d < D; d++) query[d] = (double)q[d];
+    const int64_t multiplier = task->multiplier[head], shift = task->shift[head];
+    const int64_t half = (int64_t)1 << (shift - 1);
+    int64_t best = INT64_MIN;
+    Py_ssize_t j = 0;
+#if HAVE_X86
+    if (vector)
+        for (; j + 4 <= seen; j += 4) {
+            double scores[4];
+            dot4_avx2(query, keys + j * D, D, scores);
+            for (int n = 0; n < 4; n++) {
+                int64_t logit = ((int64_t)scores[n] * multiplier + half) >> shift;
+                logits[j + n] = logit;
+                if (logit > best) best = logit;
+            }
+        }
+#endif
+    for (; j < seen; j++) {
+        int64_t logit = ((int64_t)dot_plain(query, keys + j * D, D) * multiplier + half) >> shift;
+        logits[j] = logit;
+        if (logit > best) best = logit;
+    }
+    for (Py_ssize_t d = 0; d < D; d++) acc[d] = 0;
+    int64_t total = 0;
+    j = 0;
+#if HAVE_X86
+    if (vector)
+        for (; j + 4 <= seen; j += 4) {
+            double weights[4];
+            for (int n = 0; n < 4; n++) {
+                int64_t gap = best - logits[j + n];
+                if (gap > task->table_length - 1) gap = task->table_length - 1;
+                weights[n] = (double)task->table[gap];
+                total += task->table[gap];
+            }
+            mix4_avx2(acc, values + j * D, weights, D);
+        }
+#endif
+    for (; j < seen; j++) {
+        int64_t gap = best - logits[j];
+        if (gap > task->table_length - 1) gap = task->table_length - 1;
+        int64_t weight = task->table[gap];
+        total += weight;
+        if (weight) mix_plain(acc, values + j * D, (double)weight, D);
+    }
+    for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * (int64_t)acc[d] + total, 2 * total);
+}
 
 static void *attention_worker(void *argument) {
     const AttentionTask *task = argument;
     const Py_ssize_t D = task->D;
     int vector = 0;
 #if HAVE_X86
-    vector = !task->plain && avx2_available();
+    vector = !task->plain && avx2_available() && D % 4 == 0;
 #endif
     int64_t *logits = PyMem_RawMalloc(sizeof(int64_t) * (task->Tk > 0 ? task->Tk : 1));
     double *query = PyMem_RawMalloc(sizeof(double) * D * 2);
-    if (!logits || !query) {
-        PyMem_RawFree(logits);
-        PyMem_RawFree(query);
-        return (void *)1;
+    double *keys = PyMem_RawMalloc(sizeof(double) * D * (task->Tk > 0 ? task->Tk : 1));
+    double *values = PyMem_RawMalloc(sizeof(double) * D * (task->Tk > 0 ? task->Tk : 1));
+    void *failed = NULL;
+    if (!logits || !query || !keys || !values) {
+        failed = (void *)1;
+        goto done;
     }
-    double *acc = query + D;
-    const Py_ssize_t items = task->B * task->H * task->Rq;
-    for (Py_ssize_t item = task->worker; item < items; item += task->workers) {
-        const Py_ssize_t row = item % task->Rq, head = (item / task->Rq) % task->H, batch = item / (task->Rq * task->H);
-        const Py_ssize_t seen = task->Tk - task->Tq + row % task->Tq + 1;
-        const int16_t *keys = task->k + (batch * task->H + head) * task->capacity * D;
-        const int16_t *values = task->v + (batch * task->H + head) * task->capacity * D;
-        const int32_t *key_exponent = task->k_exponent + (batch * task->H + head) * task->capacity;
-        const int32_t *value_exponent = task->v_exponent + (batch * task->H + head) * task->capacity;
-        const int64_t *q = task->q + item * D;
-        int64_t *out = task->out + item * D;
-        for (Py_ssize_t d = 0; d < D; d++) query[d] = (double)q[d];
-        const int64_t multiplier = task->multiplier[head], shift = task->shift[head];
-        const int64_t half = (int64_t)1 << (shift - 1);
-        int64_t best = INT64_MIN;
-        Py_ssize_t j = 0;
-#if HAVE_X86
-        if (vector && D % 4 == 0)
-            for (; j + 4 <= seen; j += 4) {
-                double scores[4];
-                dot4_avx2(query, keys + j * D, D, scores);
-                for (int n = 0; n < 4; n++) {
-                    int64_t logit = (((int64_t)scores[n] << key_exponent[j + n]) * multiplier + half) >> shift;
-                    logits[j + n] = logit;
-                    if (logit > best) best = logit;
-                }
-            }
-#endif
-        for (; j < seen; j++) {
-#if HAVE_X86
-            double score = vector ? dot_avx2(query, keys + j * D, D) : dot_plain(query, keys + j * D, D);
-#else
-            double score = dot_plain(query, keys + j * D, D);
-#endif
-            int64_t logit = (((int64_t)score << key_exponent[j]) * multiplier + half) >> shift;
-            logits[j] = logit;
-            if (logit > best) best = logit;
+    Py_ssize_t converted_head = -1, converted = 0; /* keys and values of one (batch, head) as doubles */
+    const Py_ssize_t chunks = (task->Rq + QUERY_ROWS - 1) / QUERY_ROWS;
+    for (Py_ssize_t work = task->worker; work < task->B * task->H * chunks; work += task->workers) {
+        const Py_ssize_t pair = work / chunks, first = (work % chunks) * QUERY_ROWS;
+        const Py_ssize_t last = first + QUERY_ROWS < task->Rq ? first + QUERY_ROWS : task->Rq;
+        Py_ssize_t needed = 0; /* keys the chunk's rows see */
+        for (Py_ssize_t row = first; row < last; row++) {
+            Py_ssize_t seen = task->Tk - task->Tq + row % task->Tq + 1;
+            if (seen > needed) needed = seen;
         }
-        for (Py_ssize_t d = 0; d < D; d++) acc[d] = 0;
-        int64_t total = 0;
-        j = 0;
-#if HAVE_X86
-        if (vector && D % 4 == 0)
-            for (; j + 4 <= seen; j += 4) {
-                double weights[4];
-                for (int n = 0; n < 4; n++) {
-                    int64_t gap = best - logits[j + n];
-                    if (gap > task->table_length - 1) gap = task->table_length - 1;
-                    weights[n] = (double)(task->table[gap] << value_exponent[j + n]);
-                    total += task->table[gap];
-                }
-                mix4_avx2(acc, values + j * D, weights, D);
-            }
-#endif
-        for (; j < seen; j++) {
-            int64_t gap = best - logits[j];
-            if (gap > task->table_length - 1) gap = task->table_length - 1;
-            int64_t weight = task->table[gap];
-            if (!weight) continue;
-            total += weight;
-            double scaled = (double)(weight << value_exponent[j]);
-#if HAVE_X86
-            if (vector)
-                mix_avx2(acc, values + j * D, scaled, D);
-            else
-                mix_plain(acc, values + j * D, scaled, D);
-#else
-            mix_plain(acc, values + j * D, scaled, D);
-#endif
+        if (pair != converted_head) converted_head = pair, converted = 0;
+        if (needed > converted) {
+            const Py_ssize_t base = pair * task->capacity;
+            to_doubles(task->k + base * D, task->k_exponent + base, converted, needed, D, keys);
+            to_doubles(task->v + base * D, task->v_exponent + base, converted, needed, D, values);
+            converted = needed;
         }
-        for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * (int64_t)acc[d] + total, 2 * total);
+        for (Py_ssize_t row = first; row < last; row++)
+            attend_row(task, pair * task->Rq + row, keys, values, logits, query, query + D, vector);
     }
+done:
     PyMem_RawFree(logits);
     PyMem_RawFree(query);
-    return NULL;
+    PyMem_RawFree(keys);
+    PyMem_RawFree(values);
+    return failed;
 }
 
 static PyObject *attention(PyObject *self, PyObject *args) {
@@ -753,6 +745,55 @@ static PyObject *swiglu(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+
+/* Integer logits -> integer weights summing to 2**total_bits, in place (twin: exact.integer_rows):
+ * table[min(best - logit, last)], scaled through a 62-bit reciprocal of the row's sum, and the
+ * first best token takes what the flooring lost. */
+static PyObject *output_rows(PyObject *self, PyObject *args) {
+    PyObject *logits_object, *table_object;
+    Py_ssize_t N, V, table_length;
+    int total_bits;
+    if (!PyArg_ParseTuple(args, "OOnnni", &logits_object, &table_object, &N, &V, &table_length, &total_bits))
+        return NULL;
+    if (table_length <= 0 || total_bits < 1 || total_bits > 40) {
+        PyErr_SetString(PyExc_ValueError, "bad table or total");
+        return NULL;
+    }
+    Buffers buffers = {.count = 0};
+    int64_t *logits;
+    const int64_t *table;
+    if (!(logits = take(&buffers, logits_object, 8, N * V, 1, "logits")) ||
+        !(table = take(&buffers, table_object, 8, table_length, 0, "table"))) {
+        release(&buffers);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t n = 0; n < N && V > 0; n++) {
+        int64_t *row = logits + n * V;
+        Py_ssize_t first = 0;
+        for (Py_ssize_t v = 1; v < V; v++)
+            if (row[v] > row[first]) first = v;
+        const int64_t best = row[first];
+        int64_t total = 0;
+        for (Py_ssize_t v = 0; v < V; v++) {
+            int64_t gap = best - row[v];
+            if (gap > table_length - 1) gap = table_length - 1;
+            row[v] = table[gap];
+            total += row[v];
+        }
+        const int64_t reciprocal = ((int64_t)1 << 62) / total;
+        int64_t sum = 0;
+        for (Py_ssize_t v = 0; v < V; v++) {
+            row[v] = (row[v] * reciprocal) >> (62 - total_bits);
+            sum += row[v];
+        }
+        row[first] += ((int64_t)1 << total_bits) - sum;
+    }
+    Py_END_ALLOW_THREADS
+    release(&buffers);
+    Py_RETURN_NONE;
+}
+
 static PyObject *has_avx2(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_available()); }
 
 static PyMethodDef methods[] = {
@@ -770,6 +811,8 @@ static PyMethodDef methods[] = {
      "rotate(x, cos, sin, N, columns, begin, heads, width, T, start, table_rows, bits): rotary positions in place"},
     {"swiglu", swiglu, METH_VARARGS,
      "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent)"},
+    {"output_rows", output_rows, METH_VARARGS,
+     "output_rows(logits, table, N, V, table_length, total_bits): integer logits to coder weights, in place"},
     {"has_avx2", has_avx2, METH_NOARGS, "True when this CPU runs the AVX2 path"},
     {NULL, NULL, 0, NULL},
 };

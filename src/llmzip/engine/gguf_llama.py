@@ -646,6 +646,7 @@ class _Tables:
         self.sigmoid_middle = SIGMOID_RANGE << SIGMOID_FRACTION_BITS
         self.attention_array = self.attention.cpu().numpy().astype(np.int64)
         self.sigmoid_array = self.sigmoid.cpu().numpy().astype(np.int64)
+        self.output_array = self.output.cpu().numpy().astype(np.int64)
 
 
 class ExactGGUFLlamaEngine(ExactEngine):
@@ -747,4 +748,8 @@ class ExactGGUFLlamaEngine(ExactEngine):
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         h, exponent = self.products.rms_norm(x.contiguous(), self.norm_f)
         logits = self.products.linear(self.head, h, exponent)
-        return integer_rows(logits, self.tables.output)
+        if not self.products.compiled:
+            return integer_rows(logits, self.tables.output)
+        table = self.tables.output_array
+        _quantized.output_rows(logits.numpy(), table, logits.shape[0], logits.shape[1], len(table), ROW_TOTAL_BITS)
+        return logits
