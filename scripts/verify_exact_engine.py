@@ -156,7 +156,7 @@ def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     loaded = models.load_model(arguments.model)
-    model, start_token = loaded.backend, loaded.tokenizer.start_token
+    start_token = loaded.tokenizer.start_token
     limit = min(loaded.context_length - 1, MAX_CHUNK_TOKENS)
     chunk_length = min(arguments.chunk_tokens or limit, limit)
     chunks, covered_bytes = load_chunks(loaded.tokenizer, arguments.text, arguments.positions, chunk_length)
@@ -170,6 +170,17 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}; CPU: {cpu_name()}, {torch.get_num_threads()} threads")
 
     mismatches = 0
+    if loaded.source == "gguf":  # the compiled kernels against their torch twins, on this CPU
+        from llmzip.engine.gguf_llama import ExactGGUFLlamaEngine
+
+        twin = ExactGGUFLlamaEngine(loaded.backend, start_token=start_token, context_length=loaded.context_length,
+                                    reference=True)
+        compiled, seconds = full_pass(loaded.engine(exact=True, device="cpu"), chunks[:1])
+        print(f"CPU compiled kernels, full pass: {len(chunks[0]) / seconds:.0f} positions/s")
+        rows, seconds = full_pass(twin, chunks[:1])
+        print(f"CPU torch reference, full pass: {len(chunks[0]) / seconds:.0f} positions/s")
+        mismatches += compare("CPU compiled kernels vs torch reference (first chunk)", compiled, rows)
+        del twin
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         print(f"CUDA: {torch.cuda.get_device_name()}")
@@ -212,7 +223,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
 
     exact = coded_bits(chunks, reference) / max(1, covered_bytes)
-    ideal = float_bits(model, chunks, start_token, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
+    ideal = float_bits(loaded.float_backend(), chunks, start_token, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
     print(f"bits per byte: exact engine {exact:.4f} (coded), float model {ideal:.4f} (ideal), "
           f"difference {exact - ideal:+.4f}")
     print("RESULT:", "all rows identical, every file decoded" if mismatches == 0

@@ -294,10 +294,14 @@ class QuantisedMatrix:
 class _Products:
     """Runs products, norms and int16 rows through the compiled kernels or their torch twins."""
 
-    def __init__(self, compiled: bool, threads: int, plain: bool = False):
+    def __init__(self, compiled: bool, threads: int | None = None, plain: bool = False):
         self.compiled = compiled
-        self.threads = threads
+        self.fixed_threads = threads  # None: torch's thread count at each call
         self.plain = plain
+
+    @property
+    def threads(self) -> int:
+        return self.fixed_threads or torch.get_num_threads()
 
     def linear(self, matrix: QuantisedMatrix, x: torch.Tensor, exponent: torch.Tensor,
                accumulate_into: torch.Tensor | None = None) -> torch.Tensor:
@@ -558,7 +562,7 @@ class _Block:
         B, Hkv, rows, D = q.shape
         T = k.shape[2]
         if keys is None:  # a full pass: the whole sequence as one temporary cache
-            keys, values = _KeyValueRows(B, Hkv, T, D, products), _KeyValueRows(B, Hkv, T, D, products)
+            keys, values = (_KeyValueRows(B, Hkv, T, D, products, q.device) for _ in range(2))
         keys.append(k)
         values.append(v)
         seen = keys.position + T
@@ -610,12 +614,12 @@ class _KeyValueRows:
     float32, so more chunks decode in lockstep within the same memory.
     """
 
-    def __init__(self, batch_size, heads, length, head_dim, products, capacity=None):
+    def __init__(self, batch_size, heads, length, head_dim, products, device, capacity=None):
         self.length = length  # positions at most
         self.products = products
         capacity = length if capacity is None else min(length, capacity)
-        self.rows = torch.zeros(batch_size, heads, capacity, head_dim, dtype=torch.int16)
-        self.exponents = torch.zeros(batch_size, heads, capacity, dtype=torch.int32)
+        self.rows = torch.zeros(batch_size, heads, capacity, head_dim, dtype=torch.int16, device=device)
+        self.exponents = torch.zeros(batch_size, heads, capacity, dtype=torch.int32, device=device)
         self.position = 0
 
     def append(self, x: torch.Tensor) -> None:
@@ -661,7 +665,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
         self.shape = shape
         self.device = torch.device(device)
         compiled = not reference and self.device.type == "cpu" and kernels_available()
-        self.products = _Products(compiled, threads or torch.get_num_threads(), plain)
+        self.products = _Products(compiled, threads, plain)
         self.vocab_size = shape.vocab_size
         self.start_token = int(start_token)
         self.context_length = int(context_length or shape.context_length)
@@ -710,11 +714,11 @@ class ExactGGUFLlamaEngine(ExactEngine):
 
     def set_threads(self, threads: int | None) -> None:
         """Threads of the compiled kernels (None: torch's count); the integers are the same for any."""
-        self.products.threads = threads or torch.get_num_threads()
+        self.products.fixed_threads = threads
 
     def new_caches(self, batch_size: int) -> tuple:
         return tuple(_KeyValueRows(batch_size, self.cache_heads, self.context_length, self.cache_head_dim,
-                                   self.products, capacity=64) for _ in range(2))
+                                   self.products, self.device, capacity=64) for _ in range(2))
 
     def cache_bytes(self, positions: int) -> int:
         row = self.cache_head_dim * 2 + 4  # int16 entries and an int32 exponent
