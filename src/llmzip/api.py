@@ -24,6 +24,33 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_device(device: str) -> str:
+    """`device` if this machine has it; a clear error instead of torch's assertion otherwise."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LLMZipError(f"unknown device {device!r}; use cpu or cuda") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise LLMZipError(f"device {device!r} is not supported; use cpu or cuda")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise LLMZipError(f"device {device!r} is not available (this torch has no CUDA support, or no GPU is visible); "
+                          "use cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise LLMZipError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def _check_options(level: int, engine: str, batch_size: int) -> None:
+    if not 1 <= level <= 9:
+        raise ValueError("level must be between 1 and 9")
+    if engine not in ("auto", "exact", "float"):
+        raise ValueError("engine must be 'auto', 'exact' or 'float'")
+    if not 1 <= batch_size <= container.MAX_GROUP_CHUNKS:
+        raise ValueError(f"batch_size must be between 1 and {container.MAX_GROUP_CHUNKS}")
+
+
 class Compressor:
     """Holds a loaded model and its settings; reuse it, since loading is the expensive part.
 
@@ -34,20 +61,16 @@ class Compressor:
     def __init__(self, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
                  device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  threads: int | None = None, xz_fallback: bool = True):
-        if not 1 <= level <= 9:
-            raise ValueError("level must be between 1 and 9")
-        if engine not in ("auto", "exact", "float"):
-            raise ValueError("engine must be 'auto', 'exact' or 'float'")
-        if not 1 <= batch_size <= container.MAX_GROUP_CHUNKS:
-            raise ValueError(f"batch_size must be between 1 and {container.MAX_GROUP_CHUNKS}")
+        _check_options(level, engine, batch_size)
+        device = _default_device() if device is None else _check_device(device)
         self.model = models.load_model(model or models.model_for_level(level))
-        exact = None if engine == "auto" else engine == "exact"
-        self.engine = self.model.engine(exact=exact, device=device or _default_device(), batch_size=batch_size,
-                                        threads=threads)
         limit = min(self.model.context_length - 1, MAX_CHUNK_TOKENS)
-        self.chunk_tokens = min(chunk_tokens or limit, limit)
-        if self.chunk_tokens < 1:
-            raise ValueError("chunk_tokens must be at least 1")
+        if chunk_tokens is not None and not 1 <= chunk_tokens <= limit:
+            raise LLMZipError(f"chunk tokens must be between 1 and {limit} for model '{self.model.name}' (its context "
+                              f"less one, and at most {MAX_CHUNK_TOKENS}), not {chunk_tokens}")
+        self.chunk_tokens = limit if chunk_tokens is None else chunk_tokens
+        exact = None if engine == "auto" else engine == "exact"
+        self.engine = self.model.engine(exact=exact, device=device, batch_size=batch_size, threads=threads)
         self.batch_size = batch_size
         self.xz_fallback = xz_fallback
 
@@ -95,7 +118,7 @@ class Decompressor:
 
     def __init__(self, *, model: str | None = None, device: str | None = None):
         self.model_override = model
-        self.device = device
+        self.device = None if device is None else _check_device(device)
         self._engines: dict[str, tuple] = {}  # model record -> (engine, tokenizer), reused across files
 
     def _engine_for(self, header: dict):
@@ -166,10 +189,24 @@ class Decompressor:
         return output.getvalue()
 
 
+def write_empty_stream(destination: BinaryIO, *, content_size: int | None = 0) -> Summary:
+    """The stream a Compressor writes for empty input, written without loading any model:
+    it holds no chunk, so no model record either."""
+    summary = StreamEncoder(destination, header={"content_size": content_size}, model_settings=None, tokenizer=None,
+                            engine=None, chunk_tokens=1, batch_size=1).close()
+    summary.compressed_size = destination.tell() if destination.seekable() else 0
+    return summary
+
+
 def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
              device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
              xz_fallback: bool = True) -> bytes:
-    """Compress `data` in one call; see Compressor for the options."""
+    """Compress `data` in one call; see Compressor for the options. Empty data loads no model."""
+    if not data:
+        _check_options(level, engine, batch_size)
+        output = io.BytesIO()
+        write_empty_stream(output)
+        return output.getvalue()
     return Compressor(model=model, level=level, engine=engine, device=device, chunk_tokens=chunk_tokens,
                       batch_size=batch_size, xz_fallback=xz_fallback).compress(bytes(data))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import shutil
 import signal
 import stat
@@ -53,29 +54,83 @@ def build_parser() -> argparse.ArgumentParser:
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("-k", "--keep", dest="remove", action="store_false", help="keep the input files (default)")
     keep.add_argument("--rm", dest="remove", action="store_true", help="remove the input files after success")
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output; write compressed data to a terminal")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output; write compressed data to a terminal; read it from one")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("-m", "--model", metavar="NAME|PATH", help="built-in model name, native model directory, Hugging Face directory or GGUF file")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto",
                         help="exact: integer engine, files decode on any machine (native and Llama models, the default for them); float: any model, decodes only on a matching machine")
-    parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per independently coded chunk (default: the model's context)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks coded together in one batch (default 16)")
+    parser.add_argument("--chunk-tokens", type=_positive, metavar="N",
+                        help="tokens per independently coded chunk: 1 to the model's context less one, at most 1023 (the default)")
+    parser.add_argument("--batch-size", type=_positive, default=16, metavar="N",
+                        help="chunks coded together in one batch (default 16)")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
                         help="model-code all text, even where xz would be smaller (for measuring models)")
-    parser.add_argument("-T", "--threads", type=int, metavar="N", help="CPU threads for inference")
+    parser.add_argument("-T", "--threads", type=_positive, metavar="N", help="CPU threads for inference")
+    levels = parser.add_argument_group(
+        "compression levels",
+        "-1 .. -9: the built-in model to use: 1-4 llmzip-tiny, 5-6 llmzip-base, 7-9 llmzip-large, or the nearest "
+        "installed one, larger first (default -5; -m overrides)",
+    )
     for level in range(1, 10):
-        parser.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
+        levels.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
     parser.add_argument("-V", "--version", action="version", version=f"llmzip {__version__}")
     parser.set_defaults(mode="compress", remove=False, level=None)
     return parser
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+_VALUE_OPTIONS = ("--chunk-tokens", "--batch-size", "-T", "--threads")
+
+
+def _check_argv(argv: list[str]) -> None:
+    """What argparse would report confusingly: -10 (read as -1 -0) and negative numbers (read as levels)."""
+    for index, argument in enumerate(argv):
+        if argument == "--":
+            return
+        if re.fullmatch(r"-\d{2,}|-0", argument):
+            raise UsageError(f"there is no level {argument}; levels are -1 to -9")
+        if argument in _VALUE_OPTIONS and index + 1 < len(argv) and re.fullmatch(r"-\d+", argv[index + 1]):
+            raise UsageError(f"{argument} must be at least 1, not {argv[index + 1]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # A reader that went away (`llmzip -l ... | head -1`) ends the run quietly, as it does other
+    # tools; a full disk behind standard output is one line. Either way, no traceback.
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        _discard_stdout()
+        return 1
+    except OSError as error:  # the others were reported where they happened
+        if os.environ.get("LLMZIP_DEBUG"):
+            raise
+        print(f"llmzip: (stdout): {error.strerror or error}", file=sys.stderr)
+        _discard_stdout()
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return _run_subcommand(argv[0], argv[1:])
+    try:
+        _check_argv(argv)
+    except UsageError as error:
+        print(f"llmzip: {error}", file=sys.stderr)
+        return 2
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -93,6 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the flush at exit cannot fail again."""
+    if sys.stdout is not sys.__stdout__:  # called in-process (tests): nothing of ours to discard
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 # The exception a signal raises is lost when it lands in a finaliser (__del__) and the run would
@@ -124,6 +191,8 @@ def _run_subcommand(name: str, argv: list[str]) -> int:
         return int(exit.code or 0)
     try:
         return int(getattr(module, f"run_{name}")(args) or 0)
+    except BrokenPipeError:
+        raise  # the reader went away: main ends the run quietly
     except (LLMZipError, OSError) as error:
         if os.environ.get("LLMZIP_DEBUG"):
             raise
@@ -154,10 +223,24 @@ class Runner:
             raise UsageError("-o takes one input file")
         if args.output and args.stdout:
             raise UsageError("-o and -c cannot be used together")
+        if args.mode != "compress" and "-" in files and not args.force and _is_console(sys.stdin):
+            # zstd's answer: waiting for compressed data to be typed helps no one.
+            print("llmzip: stdin is a console, aborting (use -f to read it anyway)", file=sys.stderr)
+            return 1
+        if args.device is not None:
+            from .api import _check_device
+
+            try:
+                _check_device(args.device)
+            except LLMZipError as error:
+                if os.environ.get("LLMZIP_DEBUG"):
+                    raise
+                print(f"llmzip: {error}", file=sys.stderr)
+                return 1
         if args.threads is not None:
             import torch
 
-            torch.set_num_threads(max(1, args.threads))
+            torch.set_num_threads(args.threads)
         rows = []
         for name in files:
             try:
@@ -180,6 +263,8 @@ class Runner:
     def _report_errors(self, name: str):
         try:
             yield
+        except BrokenPipeError:
+            raise  # the reader went away: main ends the run quietly
         except (LLMZipError, OSError, ValueError) as error:
             if os.environ.get("LLMZIP_DEBUG"):
                 raise
@@ -246,7 +331,13 @@ class Runner:
 
             try:
                 with _output(target, like=None if name == "-" else name, force=args.force) as destination:
-                    if compressing:
+                    if compressing and _at_end(source):
+                        from .api import write_empty_stream
+
+                        # Nothing to code: no model is loaded for an empty input.
+                        summary = write_empty_stream(destination, content_size=size)
+                        in_size, out_size = 0, _written(destination, summary)
+                    elif compressing:
                         summary = self.compressor.copy_stream(source, destination, content_size=size, progress=update)
                         in_size, out_size = summary.content_size, _written(destination, summary)
                     else:
@@ -461,6 +552,21 @@ def _is_special_file(path: str) -> bool:
     except OSError:
         return False
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _is_console(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _at_end(source) -> bool:
+    """Whether a buffered input has nothing (more) to give; reads nothing away."""
+    try:
+        return source.peek(1) == b""
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _umask() -> int:
