@@ -62,22 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto",
                         help="exact: integer engine, files decode on any machine (native and Llama models, the default for them); float: any model, decodes only on a matching machine")
     parser.add_argument("--chunk-tokens", type=_positive, metavar="N",
-                        help="tokens per independently coded chunk: 1 to the model's context less one, at most 1023 (the default)")
+                        help="tokens per independently coded chunk: 1 to the model's context less one (default: set by the level, "
+                             "or by the model given with -m)")
     parser.add_argument("--batch-size", type=_positive, default=16, metavar="N",
                         help="chunks coded together in one batch (default 16)")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
                         help="model-code all text, even where xz would be smaller (for measuring models)")
     parser.add_argument("-T", "--threads", type=_positive, metavar="N", help="CPU threads for inference")
-    levels = parser.add_argument_group(
-        "compression levels",
-        "-1 .. -9: the built-in model to use: 1-4 llmzip-tiny, 5-6 llmzip-base, 7-9 llmzip-large, or the nearest "
-        "installed one, larger first (default -5; -m overrides)",
-    )
+    levels = parser.add_argument_group("compression levels", _levels_help())
     for level in range(1, 10):
         levels.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
     parser.add_argument("-V", "--version", action="version", version=f"llmzip {__version__}")
     parser.set_defaults(mode="compress", remove=False, level=None)
     return parser
+
+
+def _levels_help() -> str:
+    from . import models
+
+    spans: list[list] = []  # [first level, last level, model, chunk tokens]
+    for level, (model, chunk_tokens) in sorted(models.LEVELS.items()):
+        if spans and spans[-1][2:] == [model, chunk_tokens]:
+            spans[-1][1] = level
+        else:
+            spans.append([level, level, model, chunk_tokens])
+    described = ", ".join(f"{first}{f'-{last}' if last != first else ''} {model}"
+                          + (f" ({chunk_tokens}-token chunks)" if chunk_tokens else "")
+                          for first, last, model, chunk_tokens in spans)
+    return f"-1 .. -9: the model to use: {described} (default -{models.DEFAULT_LEVEL}; -m overrides)"
 
 
 def _positive(text: str) -> int:
