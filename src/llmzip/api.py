@@ -15,7 +15,8 @@ from .container import CHUNK_NAMES, EndRecord
 from .errors import CorruptError, EngineMismatchError, FormatError, LLMZipError, ModelError
 
 DEFAULT_BATCH_SIZE = 16
-MAX_CHUNK_TOKENS = 1023  # longer chunks add little context but slow every decoding step
+DEFAULT_CHUNK_TOKENS = 1023  # for a model named by path: longer chunks slow every decoding step
+MAX_CHUNK_TOKENS = 8191  # the longest a level uses (SmolLM2's context less one)
 
 
 def _default_device() -> str:
@@ -65,6 +66,9 @@ class Compressor:
         device = _default_device() if device is None else _check_device(device)
         self.model = models.load_model(model or models.model_for_level(level))
         limit = min(self.model.context_length - 1, MAX_CHUNK_TOKENS)
+        if chunk_tokens is None:  # the level's choice for its own model, else the usual length
+            level_chunk = models.chunk_tokens_for_level(level) if model is None else None
+            chunk_tokens = min(limit, level_chunk or DEFAULT_CHUNK_TOKENS)
         if chunk_tokens is not None and not 1 <= chunk_tokens <= limit:
             raise LLMZipError(f"chunk tokens must be between 1 and {limit} for model '{self.model.name}' (its context "
                               f"less one, and at most {MAX_CHUNK_TOKENS}), not {chunk_tokens}")
@@ -82,6 +86,7 @@ class Compressor:
                 "source": self.model.source,
                 "fingerprint": self.model.fingerprint,
                 "parameters": self.model.parameters,
+                **({"origin": self.model.origin} if self.model.origin else {}),
             },
             "engine": self.engine.settings,
             "coder": coder.CODER_SETTINGS,
@@ -134,7 +139,9 @@ class Decompressor:
         if header.get("coder") != coder.CODER_SETTINGS:
             raise FormatError(f"the file uses a coder this llmzip does not have ({header.get('coder')}); upgrade llmzip")
         try:
-            model = models.load_model(self.model_override or str(recorded_model.get("name")))
+            # The user's --model names a path; a file's record only names a model.
+            model = (models.load_model(self.model_override) if self.model_override
+                     else models.load_named_model(str(recorded_model.get("name"))))
         except ModelError as error:
             raise ModelError(f"{models.describe_missing(recorded_model)} ({error})") from None
         if model.fingerprint != recorded_model.get("fingerprint"):
