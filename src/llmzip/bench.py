@@ -762,7 +762,7 @@ def add_bench_arguments(parser) -> None:
                         "decompressed in memory first)")
     parser.add_argument("--models", metavar="M1,M2", default=None,
                         help="models to measure: built-in names or paths, comma-separated "
-                             "(default: every built-in model installed; '' for none)")
+                             "(default: the levels' models that are installed, llmzip-tiny and smollm2; '' for none)")
     parser.add_argument("--baselines", metavar="NAMES", default=DEFAULT_BASELINES,
                         help=f"classical compressors (default {DEFAULT_BASELINES}; cmix only when on PATH; '' for none)")
     parser.add_argument("--max-bytes", type=int, metavar="N", help="measure only the first N bytes of each file")
@@ -795,7 +795,7 @@ def codecs_from_arguments(args) -> list[Codec]:
 
         torch.set_num_threads(max(1, args.threads))
     if args.models is None:
-        model_names = models.builtin_names()
+        model_names = models.level_models_installed()
         if not model_names:
             raise BenchError("no built-in model is installed; pass --models PATH[,PATH...] (or --models '' to "
                              "measure the classical compressors only)")

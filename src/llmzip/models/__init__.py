@@ -122,6 +122,23 @@ def model_for_level(level: int) -> str:
     return LEVELS[level][0]
 
 
+def level_models_installed() -> list[str]:
+    """The models the levels use, in level order, that this machine has."""
+    names = []
+    for name, _ in LEVELS.values():
+        if name in names:
+            continue
+        try:
+            if name == SMOLLM2:
+                smollm2_path()
+            elif name not in builtin_names():
+                continue
+        except ModelError:
+            continue
+        names.append(name)
+    return names
+
+
 def chunk_tokens_for_level(level: int) -> int | None:
     """The level's chunk length, or None for the model's longest."""
     return LEVELS[level][1]
