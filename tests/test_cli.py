@@ -120,7 +120,7 @@ def test_missing_builtin_model_is_explained(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "BUILTIN_DIRECTORY", tmp_path / "none")
     path = tmp_path / "x.txt"
     path.write_bytes(b"hello")
-    assert main([str(path)]) == 1
+    assert main(["-1", str(path)]) == 1  # level 1: llmzip-tiny, a built-in model
     assert not (tmp_path / "x.txt.llmz").exists()
 
 
