@@ -208,6 +208,91 @@ static void *linear_worker(void *argument) {
     return NULL;
 }
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* Worker threads                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Threads started once and woken per call (a decoding step makes about 120 calls, and starting
+ * threads each time cost more than some of the work). They sleep on a condition variable between
+ * calls, so an idle pool takes no CPU. Task 0 runs on the calling thread. */
+typedef void *(*WorkFunction)(void *);
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int size;         /* worker threads started: they run tasks 1 .. size */
+    long generation;  /* one per call */
+    int count;        /* tasks of the current call */
+    int pending;      /* tasks 1 .. count - 1 still running */
+    WorkFunction function;
+    char *tasks;
+    size_t task_size;
+    void *results[MAX_THREADS];
+    long born[MAX_THREADS]; /* the generation before a thread's first call */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+static pthread_mutex_t dispatch = PTHREAD_MUTEX_INITIALIZER; /* one call at a time: the GIL is released */
+
+static void *pool_thread(void *argument) {
+    const int index = (int)(intptr_t)argument;
+    pthread_mutex_lock(&pool.lock);
+    long seen = pool.born[index]; /* the call that started this thread may already have begun */
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        if (index >= pool.count) continue;
+        WorkFunction function = pool.function;
+        void *task = pool.tasks + index * pool.task_size;
+        pthread_mutex_unlock(&pool.lock);
+        void *result = function(task);
+        pthread_mutex_lock(&pool.lock);
+        pool.results[index] = result;
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) { /* a forked child has none of the parent's threads */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pthread_mutex_init(&dispatch, NULL);
+    pool.size = 0;
+}
+
+/* Runs function(tasks[i]) for i < count, i > 0 on pool threads; returns the first non-NULL result. */
+static void *run_parallel(WorkFunction function, void *tasks, size_t task_size, int count) {
+    void *failed = NULL;
+    pthread_mutex_lock(&dispatch);
+    pthread_mutex_lock(&pool.lock);
+    while (pool.size < count - 1) {
+        pthread_t handle;
+        pool.born[pool.size + 1] = pool.generation;
+        if (pthread_create(&handle, NULL, pool_thread, (void *)(intptr_t)(pool.size + 1)) != 0) break;
+        pthread_detach(handle);
+        pool.size++;
+    }
+    int threaded = count - 1 < pool.size ? count - 1 : pool.size; /* tasks 1 .. threaded go to the pool */
+    pool.function = function;
+    pool.tasks = tasks;
+    pool.task_size = task_size;
+    pool.count = threaded + 1;
+    pool.pending = threaded;
+    pool.generation++;
+    if (threaded) pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = threaded + 1; i < count; i++) /* no thread for these: run them here */
+        if (function((char *)tasks + i * task_size)) failed = (void *)1;
+    if (function(tasks)) failed = (void *)1;
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
+    for (int i = 1; i <= threaded; i++)
+        if (pool.results[i]) failed = pool.results[i];
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&dispatch);
+    return failed;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Argument handling                                                                           */
 /* ------------------------------------------------------------------------------------------ */
@@ -293,20 +378,13 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     if (threads > groups) threads = (int)groups;
     if ((double)T * K * R < 2e5) threads = 1; /* not worth a thread */
     LinearTask tasks[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < threads; i++) {
         tasks[i] = task;
         tasks[i].group_begin = groups * i / threads;
         tasks[i].group_end = groups * (i + 1) / threads;
-        if (i > 0) started[i] = pthread_create(&handles[i], NULL, linear_worker, &tasks[i]) == 0;
     }
-    for (int i = 1; i < threads; i++)
-        if (!started[i]) linear_worker(&tasks[i]); /* no thread: do its rows here */
-    linear_worker(&tasks[0]);
-    for (int i = 1; i < threads; i++)
-        if (started[i]) pthread_join(handles[i], NULL);
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(linear_worker, tasks, sizeof(LinearTask), threads);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(block_sums);
     release(&buffers);
@@ -633,24 +711,14 @@ static PyObject *attention(PyObject *self, PyObject *args) {
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if ((double)B * H * Rq * Tk * D < 1e6) threads = 1;
     AttentionTask tasks[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     void *failed = NULL;
-    Py_BEGIN_ALLOW_THREADS
     for (int i = 0; i < threads; i++) {
         tasks[i] = task;
         tasks[i].worker = i;
         tasks[i].workers = threads;
-        if (i > 0) started[i] = pthread_create(&handles[i], NULL, attention_worker, &tasks[i]) == 0;
     }
-    for (int i = 1; i < threads; i++)
-        if (!started[i] && attention_worker(&tasks[i])) failed = (void *)1;
-    if (attention_worker(&tasks[0])) failed = (void *)1;
-    for (int i = 1; i < threads; i++) {
-        void *result = NULL;
-        if (started[i]) pthread_join(handles[i], &result);
-        if (result) failed = result;
-    }
+    Py_BEGIN_ALLOW_THREADS
+    failed = run_parallel(attention_worker, tasks, sizeof(AttentionTask), threads);
     Py_END_ALLOW_THREADS
     release(&buffers);
     if (failed) return PyErr_NoMemory();
@@ -820,4 +888,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_quantized", "Integer kernels of the GGUF exact engine.",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__quantized(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__quantized(void) {
+    pthread_atfork(NULL, NULL, pool_after_fork);
+    return PyModule_Create(&module);
+}
