@@ -5,8 +5,11 @@ next-token distribution handed to the entropy coder). Encoder and decoder obtain
 through the engine, so the coder never sees anything the decoder could not reproduce.
 
 Two kinds exist:
-- the exact engine (native GPT family): integer arithmetic, so a row is a pure function of
-  the weights and the token prefix on any device, thread count, batch or pass shape;
+- exact engines: integer arithmetic, so a row is a pure function of the weights and the token
+  prefix on any device, thread count, batch or pass shape. `exact.py` holds the integer
+  primitives, the shared engine and sessions, and the native GPT family; `gguf_llama.py` runs
+  Llama GGUF files (the default SmolLM2-135M) on their own quantised integers with compiled
+  kernels (`_quantized.c`); `exact_llama.py` runs other Llama models on int16 weights;
 - the float engine (any model): ordinary float inference, reproducible only on the same
   device type, dtype, library versions and thread count, all of which go into the header.
 """
@@ -41,4 +44,6 @@ class Engine(Protocol):
 
         Row t predicts token t from the start token and tokens[:t]. Only batch-invariant
         engines provide this; others return None and are driven through `start` instead.
+        Batch-invariant engines also yield the same rows in pieces, `sequence_pieces(token_lists)`
+        -> (sequence, start, rows), so an encoder never holds a whole chunk's rows.
         """
