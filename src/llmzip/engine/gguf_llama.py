@@ -187,6 +187,7 @@ class QuantisedMatrix:
         self.limits: np.ndarray | None = None  # int64 per row: results clamped to [-limit, limit]
         self._kernel_layout = None
         self._reference_weight = {}
+        self._total_exponent = None
 
     @classmethod
     def from_gguf(cls, kind: str, raw: np.ndarray, rows: int, inputs: int) -> "QuantisedMatrix":
@@ -248,8 +249,10 @@ class QuantisedMatrix:
         return stacked
 
     def total_exponent(self) -> np.ndarray:
-        """The scales' exponent plus the caller's output unit, per row (int32)."""
-        return (self.exponents + self.output_shift).astype(np.int32)
+        """The scales' exponent plus the caller's output unit, per row (int32); fixed once used."""
+        if self._total_exponent is None:
+            self._total_exponent = (self.exponents + self.output_shift).astype(np.int32)
+        return self._total_exponent
 
     def real(self) -> np.ndarray:
         """The weights as float64 (R, K), exactly; for bounds only."""
