@@ -54,7 +54,7 @@ def llmzip_command() -> list[str]:
     return [str(binary)] if binary.exists() else [sys.executable, "-m", "llmzip.cli"]
 
 
-def measure_model(path: Path, chunk_tokens: int, level: int, threads: int) -> dict:
+def measure_model(path: Path, chunk_tokens: int, level: int, threads: int, decode: bool = True) -> dict:
     data = path.read_bytes()
     with tempfile.TemporaryDirectory() as directory:
         source = Path(directory) / path.name
@@ -62,10 +62,14 @@ def measure_model(path: Path, chunk_tokens: int, level: int, threads: int) -> di
         packed, restored = Path(directory) / "packed.llmz", Path(directory) / "restored"
         options = [f"-{level}", "-q", "-f", "-T", str(threads), "--chunk-tokens", str(chunk_tokens)]
         compress = timed([*llmzip_command(), *options, "-o", str(packed), str(source)])
+        size = packed.stat().st_size
+        if not decode:
+            return {"compressed_bytes": size, "bits_per_byte": 8 * size / len(data),
+                    "compress_seconds": compress["seconds"], "compress_peak_mib": compress["peak_kib"] / 1024,
+                    "verified": False}
         decompress = timed([*llmzip_command(), "-d", "-q", "-f", "-T", str(threads), "-o", str(restored), str(packed)])
         if restored.read_bytes() != data:
             raise SystemExit(f"{path}: the decoded output differs from the input")
-        size = packed.stat().st_size
     return {
         "compressed_bytes": size,
         "bits_per_byte": 8 * size / len(data),
@@ -112,13 +116,14 @@ def markdown(rows: list[dict]) -> str:
         raw = runs[0]["bytes"]
         best_name, best_size = min(classical.get(file, {"-": 0}).items(), key=lambda item: item[1])
         compress = min(run["compress_seconds"] for run in runs)
-        decompress = min(run["decompress_seconds"] for run in runs)
+        decoded = [run for run in runs if run["verified"]]
+        decompress = f"{raw / min(run['decompress_seconds'] for run in decoded) / 1000:.2f}" if decoded else "not run"
+        decode_peak = f"{max(r['decompress_peak_mib'] for r in decoded):.0f}" if decoded else "-"
         size = runs[0]["compressed_bytes"]
         lines.append(
             f"| {Path(file).name} | {raw:,} | {chunk} | {len(runs)} | {size:,} | {8 * size / raw:.3f} | "
             f"{best_name} {8 * best_size / raw:.3f} | {size / best_size:.3f} | {raw / compress / 1000:.2f} | "
-            f"{raw / decompress / 1000:.2f} | {max(r['compress_peak_mib'] for r in runs):.0f} / "
-            f"{max(r['decompress_peak_mib'] for r in runs):.0f} |"
+            f"{decompress} | {max(r['compress_peak_mib'] for r in runs):.0f} / {decode_peak} |"
         )
     machine = models[0]["machine"] if models else ""
     return "\n".join(lines) + f"\n\nMachine: {machine}. Seconds include loading the model; the fastest run is shown.\n"
@@ -133,6 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--markdown", type=Path, help="write the table here")
+    parser.add_argument("--compress-only", action="store_true",
+                        help="size and compression speed only (no decode check: marked unverified)")
     args = parser.parse_args(argv)
     machine = f"{cpu_description(args.threads)}, {platform.system()}"
     rows = load(args.results)
@@ -148,11 +155,12 @@ def main(argv=None) -> int:
                 started = time.strftime("%H:%M:%S")
                 row = {"kind": "model", "file": name, "bytes": path.stat().st_size, "chunk_tokens": chunk,
                        "level": args.level, "threads": args.threads, "machine": machine,
-                       **measure_model(path, chunk, args.level, args.threads)}
+                       **measure_model(path, chunk, args.level, args.threads, decode=not args.compress_only)}
                 rows.append(row)
                 append(args.results, row)
                 print(f"{started} {path.name} chunk {chunk}: {row['bits_per_byte']:.4f} bits/byte, "
-                      f"{row['compress_seconds']:.0f} s / {row['decompress_seconds']:.0f} s", flush=True)
+                      f"{row['compress_seconds']:.0f} s / {row.get('decompress_seconds', float('nan')):.0f} s",
+                      flush=True)
     table = markdown([row for row in rows if row["file"] in {str(p) for p in args.files}])
     print(table)
     if args.markdown:
