@@ -66,14 +66,14 @@ def build_tiny_model(directory: Path) -> str:
     return str(make_model_directory(directory / "tiny"))
 
 
-def make_seeds(model: str, *, seed: int = 0) -> list[tuple[str, bytes, bytes]]:
+def make_seeds(model: str, *, seed: int = 0, engine: str = "float") -> list[tuple[str, bytes, bytes]]:
     """(name, original, compressed) for a few small files covering every chunk kind and record."""
     rng = random.Random(seed)
     text = " ".join(rng.choice(WORDS) for _ in range(70)).encode()
     binary = bytes(rng.randrange(256) for _ in range(300))
     compressible = (b"\x00\x01\x02 header \x00" + bytes(range(40))) * 12
     # Without the xz fallback, so that a random tiny model still codes the text chunks itself.
-    compressor = llmzip.Compressor(model=model, engine="float", device="cpu", chunk_tokens=16, batch_size=3, threads=1,
+    compressor = llmzip.Compressor(model=model, engine=engine, device="cpu", chunk_tokens=16, batch_size=3, threads=1,
                                    xz_fallback=False)
     originals = {
         "empty": b"",
@@ -314,9 +314,9 @@ def peak_rss_mb() -> float:
 
 def fuzz(model: str, *, inputs: int, seed: int = 0, time_limit: float = 20.0, memory_limit_mb: float = 2048,
          findings_directory: Path | None = None, memo: bool = True, report_every: float = 0,
-         seeds: list | None = None) -> dict:
+         seeds: list | None = None, engine: str = "float") -> dict:
     """Run `inputs` mutated inputs; returns counts by outcome, findings and timings."""
-    seeds = seeds if seeds is not None else make_seeds(model)
+    seeds = seeds if seeds is not None else make_seeds(model, engine=engine)
     memo_stats, undo_memo = install_memo() if memo else ({}, lambda: None)
     previous_handler = signal.signal(signal.SIGPROF, _on_alarm)
     originals = frozenset(original for _, original, _ in seeds)
@@ -378,7 +378,9 @@ def _worker(arguments) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=10000, help="mutated inputs in all (default 10000)")
-    parser.add_argument("--model", help="native model directory (default: build a tiny random one)")
+    parser.add_argument("--model", help="model name or path, e.g. smollm2 (default: build a tiny random native one)")
+    parser.add_argument("--engine", choices=("float", "exact", "auto"), default="float",
+                        help="engine the seeds are made with (default float, whose records carry the most settings)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="worker processes, each with its own random seed")
     parser.add_argument("--time-limit", type=float, default=20.0, help="CPU seconds one input may take")
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or build_tiny_model(Path(scratch))
         options = {"time_limit": args.time_limit, "memory_limit_mb": args.memory_limit_mb,
-                   "findings_directory": args.findings, "memo": args.memo, "report_every": 60}
+                   "findings_directory": args.findings, "memo": args.memo, "report_every": 60, "engine": args.engine}
         shares = [args.inputs // args.jobs + (job < args.inputs % args.jobs) for job in range(args.jobs)]
         work = [(model, share, args.seed * 1000 + job, options) for job, share in enumerate(shares)]
         if args.jobs == 1:
