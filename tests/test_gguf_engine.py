@@ -173,3 +173,18 @@ def test_damaged_gguf_is_refused_clearly(gguf_llama, tmp_path, damage):
     with pytest.raises(ModelError):
         model = llmzip.models.load_model(str(path))
         model.engine()
+
+
+def test_decoder_cuts_a_group_to_the_cache_budget(gguf_llama, monkeypatch):
+    """A coded group of 8 chunks decodes in lockstep batches no larger than the budget allows."""
+    from llmzip import codec
+
+    data = b"the theater is in the south; the other one is not. " * 12
+    packed = llmzip.compress(data, model=gguf_llama, xz_fallback=False, chunk_tokens=12, batch_size=8)
+    engine = llmzip.models.load_model(gguf_llama).engine()
+    monkeypatch.setattr(codec, "LOCKSTEP_CACHE_BYTES", 3 * engine.cache_bytes(12))
+    batches = []
+    start = type(engine).start
+    monkeypatch.setattr(type(engine), "start", lambda self, batch_size: batches.append(batch_size) or start(self, batch_size))
+    assert llmzip.decompress(packed, model=gguf_llama) == data
+    assert max(batches) <= 3 < sum(batches)  # without the cut, a group of 8 would decode at once

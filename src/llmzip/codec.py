@@ -335,10 +335,12 @@ class StreamDecoder:
             raise CorruptError("the decoded data does not match the original's checksum; the file is damaged")
 
     def _groups(self) -> Iterator[list[ChunkRecord]]:
-        """The chunk groups as written; with the exact engine, consecutive groups are joined.
+        """The chunk groups as written; with the exact engine, consecutive groups are joined or cut
+        to the lockstep limit.
 
-        Exact rows do not depend on the batch, so decoding more chunks in lockstep than the encoder
-        grouped changes no bit and shares each step's fixed cost among more chunks.
+        Exact rows do not depend on the batch, so decoding more (or fewer) chunks in lockstep than
+        the encoder grouped changes no bit: more shares each step's fixed cost, and the limit keeps
+        the key/value caches within their memory budget.
         """
         pending: list[ChunkRecord] = []
         while True:
@@ -353,9 +355,13 @@ class StreamDecoder:
                 self._take_model_settings(record)
                 continue
             pending += record
-            if len(pending) >= self._lockstep_limit():
+            limit = self._lockstep_limit()
+            if not limit:  # not batch-invariant: each group exactly as it was coded
                 yield pending
                 pending = []
+            while limit and len(pending) >= limit:  # a group larger than the budget is cut too
+                yield pending[:limit]
+                pending = pending[limit:]
 
     def _lockstep_limit(self) -> int:
         """How many chunks to decode together: 0 (each group alone) unless the engine is exact."""
