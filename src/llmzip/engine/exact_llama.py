@@ -50,7 +50,7 @@ from .exact import (
     round_divide,
 )
 
-__all__ = ["ExactLlamaEngine", "llama_support", "rope_tables", "sigmoid_table"]
+__all__ = ["ExactLlamaEngine", "LlamaTables", "llama_support", "rope_tables", "sigmoid_table"]
 
 FORMAT_VERSION = 1
 WEIGHT_LIMIT = 32767  # int16: GGUF weights (4 to 8 bits per block) keep their precision
@@ -269,7 +269,9 @@ class _LlamaBlock:
         return down.bitwise_left_shift_(shift).add_(x)
 
 
-class _Tables:
+class LlamaTables:
+    """The integer tables of a Llama engine: exp for attention and output rows, and the sigmoid."""
+
     def __init__(self, device):
         self.attention = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS), device=device)
         self.output = torch.tensor(exp_table(LOGIT_FRACTION_BITS, OUTPUT_EXP_BITS), device=device)
@@ -291,7 +293,7 @@ class ExactLlamaEngine(ExactEngine):
         self.vocab_size = int(config.vocab_size)
         self.start_token = int(start_token)
         self.context_length = int(context_length)
-        self.tables = _Tables(self.device)
+        self.tables = LlamaTables(self.device)
 
         embedding = model.get_input_embeddings().weight.detach().to(torch.float32).cpu()
         self.residual_scale = (float(embedding.abs().max()) or 1.0) / 2**RESIDUAL_BITS

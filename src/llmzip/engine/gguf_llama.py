@@ -45,16 +45,14 @@ from .exact import (
     _lookup,
     bit_length,
     exact_matmul,
-    exp_table,
     fixed_point,
     integer_attention,
     integer_rows,
     integer_sqrt,
-    requantise,
     round_divide,
     shift_signed,
 )
-from .exact_llama import ROPE_BITS, SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE, rope_tables, sigmoid_table
+from .exact_llama import ROPE_BITS, SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE, LlamaTables, rope_tables
 
 __all__ = ["GGUFLlama", "NotCovered", "QuantisedMatrix", "ExactGGUFLlamaEngine", "round_shift", "kernels_available"]
 
@@ -294,6 +292,11 @@ class QuantisedMatrix:
         return self._reference_weight[key]
 
 
+def _int16_outputs(rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Room for a kernel's int16 rows and their exponents."""
+    return torch.empty(rows, columns, dtype=torch.int16), torch.empty(rows, dtype=torch.int32)
+
+
 class _Products:
     """Runs products, norms and int16 rows through the compiled kernels or their torch twins."""
 
@@ -333,8 +336,7 @@ class _Products:
         if not self.compiled:
             return _rms_norm_reference(x, norm)
         N, C = x.shape
-        out = torch.empty(N, C, dtype=torch.int16)
-        exponent = torch.empty(N, dtype=torch.int32)
+        out, exponent = _int16_outputs(N, C)
         _quantized.rms_norm(x.contiguous().numpy(), norm.gain.numpy(), out.numpy(), exponent.numpy(), N, C,
                             norm.eps_fixed, norm.eps_exponent, norm.numerator, NORM_FRACTION_BITS, norm.gain_exponent)
         return out, exponent
@@ -354,8 +356,7 @@ class _Products:
         hidden = x.shape[1] // 2
         if not self.compiled:
             return _swiglu_reference(x, tables, gate_exponent, base_exponent)
-        out = torch.empty(x.shape[0], hidden, dtype=torch.int16)
-        exponent = torch.empty(x.shape[0], dtype=torch.int32)
+        out, exponent = _int16_outputs(x.shape[0], hidden)
         _quantized.swiglu(x.numpy(), tables.sigmoid_array, out.numpy(), exponent.numpy(), x.shape[0], hidden,
                           tables.sigmoid_middle, SIGMOID_FRACTION_BITS - gate_exponent, SIGMOID_BITS, base_exponent)
         return out, exponent
@@ -364,8 +365,7 @@ class _Products:
         if not self.compiled:
             return _int16_rows(x, base_exponent)
         N, C = x.shape
-        out = torch.empty(N, C, dtype=torch.int16)
-        exponent = torch.empty(N, dtype=torch.int32)
+        out, exponent = _int16_outputs(N, C)
         _quantized.quantise_rows(x.contiguous().numpy(), out.numpy(), exponent.numpy(), N, C, base_exponent)
         return out, exponent
 
@@ -645,12 +645,11 @@ class _KeyValueRows:
         return self.rows[:, :, :end].to(torch.int64) << self.exponents[:, :, :end, None].to(torch.int64)
 
 
-class _Tables:
+class _Tables(LlamaTables):
+    """The Llama tables, also as int64 arrays for the compiled kernels."""
+
     def __init__(self, device):
-        self.attention = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS), device=device)
-        self.output = torch.tensor(exp_table(LOGIT_FRACTION_BITS, OUTPUT_EXP_BITS), device=device)
-        self.sigmoid = torch.tensor(sigmoid_table(), device=device)
-        self.sigmoid_middle = SIGMOID_RANGE << SIGMOID_FRACTION_BITS
+        super().__init__(device)
         self.attention_array = self.attention.cpu().numpy().astype(np.int64)
         self.sigmoid_array = self.sigmoid.cpu().numpy().astype(np.int64)
         self.output_array = self.output.cpu().numpy().astype(np.int64)
