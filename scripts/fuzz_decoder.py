@@ -5,8 +5,8 @@ Seeds are small files compressed with a tiny native model: empty, one byte, stor
 model-coded (several groups) and text inside binary data (one xz block). Each input is a seed after one mutation:
 bit flips, byte changes, insertions, deletions, truncation, concatenation or splicing of two
 seeds. One input in four then has every checksum recomputed ("repaired"), so the damage
-reaches the code behind the CRC checks: record lengths, chunk tables, JSON fields of the
-header and model record, range-coded payloads fed to the model, the final SHA-256.
+reaches the code behind the CRC checks: record lengths, chunk tables, the header's content size,
+JSON fields of the model record, range-coded payloads fed to the model, the final digest.
 
 An input passes when decoding returns exactly the seed's original bytes (or another seed's,
 when a splice happens to form that seed's complete stream), or raises
@@ -115,34 +115,43 @@ def group_layout(data: bytes, position: int) -> tuple[int, int] | None:
     return table + table_length, payload_length
 
 
+def header_end(data: bytes) -> int | None:
+    """Where the header's content-size varint ends (its CRC follows); None where it does not parse."""
+    if len(data) <= 5 or data[:4] != container.MAGIC:
+        return None
+    try:
+        return container._read_varint(data, 5, "header", container._MAX_SIZE_VARINT_BYTES)[1]
+    except container.CorruptError:
+        return None
+
+
 def repair_checksums(data: bytearray) -> bytearray:
     """Rewrite every CRC the damaged structure still lets us locate; stop where it stops parsing."""
-    if len(data) < container._PREAMBLE.size + 4 or data[:4] != container.MAGIC:
-        return data
-    _, _, length = container._PREAMBLE.unpack_from(data, 0)
-    end = container._PREAMBLE.size + length
-    if end + 4 > len(data):
+    end = header_end(data)
+    if end is None or end + 4 > len(data):
         return data
     struct.pack_into("<I", data, end, zlib.crc32(data[:end]))
     position = end + 4
     while position < len(data):
         tag = data[position : position + 1]
-        if tag == container.MODEL_TAG:
-            if position + 5 > len(data):
+        try:
+            if tag == container.MODEL_TAG:
+                length, body = container._read_varint(data, position + 1, "model record")
+                end = body + length
+            elif tag == container.END_TAG:
+                end = container._read_varint(data, position + 1, "end", container._MAX_SIZE_VARINT_BYTES)[1]
+                end += container._DIGEST_BYTES
+            elif tag == container.GROUP_TAG:
+                layout = group_layout(data, position)
+                if layout is None or layout[0] + 4 > len(data):
+                    return data
+                end, payload_length = layout
+                struct.pack_into("<I", data, end, zlib.crc32(data[position:end]))
+                position = end + 4
+                end = position + payload_length
+            else:
                 return data
-            (length,) = struct.unpack_from("<I", data, position + 1)
-            end = position + 5 + length
-        elif tag == container.END_TAG:
-            end = position + 1 + container._END.size
-        elif tag == container.GROUP_TAG:
-            layout = group_layout(data, position)
-            if layout is None or layout[0] + 4 > len(data):
-                return data
-            end, payload_length = layout
-            struct.pack_into("<I", data, end, zlib.crc32(data[position:end]))
-            position = end + 4
-            end = position + payload_length
-        else:
+        except container.CorruptError:
             return data
         if end + 4 > len(data):
             return data
@@ -152,24 +161,20 @@ def repair_checksums(data: bytearray) -> bytearray:
 
 
 def mutate_json_field(data: bytearray, rng: random.Random) -> bytearray:
-    """Set one field of the header or the model record to an odd value, keeping the lengths consistent."""
-    records = []  # (start of body, body length, offset of the length field, deflated)
-    _, _, length = container._PREAMBLE.unpack_from(data, 0)
-    records.append((container._PREAMBLE.size, length, 5, False))
-    position = container._PREAMBLE.size + length + 4
+    """Set the header's content size, or one field of the model record, to an odd value; the lengths
+    stay consistent (the caller repairs the checksums)."""
+    size_end = header_end(data)
+    position = size_end + 4
     while position < len(data) and data[position : position + 1] == container.GROUP_TAG:
         descriptor_end, payload_length = group_layout(data, position)
         position = descriptor_end + 4 + payload_length + 4
-    if data[position : position + 1] == container.MODEL_TAG:
-        (length,) = struct.unpack_from("<I", data, position + 1)
-        records.append((position + 5, length, position + 1, True))
-    start, length, length_at, deflated = rng.choice(records)
-    body = bytes(data[start : start + length])
-    record = json.loads(container._inflate(body, "model record") if deflated else body)
+    if data[position : position + 1] != container.MODEL_TAG or rng.random() < 0.2:
+        size = rng.choice([value for value in INTERESTING_VALUES if isinstance(value, int) and 0 <= value < 2**63])
+        return data[:5] + container._varint(size) + data[size_end:]
+    length, start = container._read_varint(data, position + 1, "model record")
+    record = json.loads(container._inflate(bytes(data[start : start + length]), "model record", container.FORMAT_VERSION))
     paths = [(key,) for key in record] + [(key, inner) for key, value in record.items() if isinstance(value, dict)
                                           for inner in value]
-    if not paths:
-        return data
     path = rng.choice(paths)
     target = record
     for key in path[:-1]:
@@ -178,12 +183,8 @@ def mutate_json_field(data: bytearray, rng: random.Random) -> bytearray:
         del target[path[-1]]
     else:
         target[path[-1]] = rng.choice(INTERESTING_VALUES)
-    body = container._json_bytes(record)
-    if deflated:
-        body = container._deflate(body)
-    data[start : start + length] = body
-    struct.pack_into("<I", data, length_at, len(body))
-    return data
+    body = container._deflate(container._json_bytes(record))
+    return data[: position + 1] + container._varint(len(body)) + body + data[start + length :]
 
 
 def mutate(seeds, rng: random.Random) -> tuple[str, int, bytes]:
@@ -225,7 +226,7 @@ def mutate(seeds, rng: random.Random) -> tuple[str, int, bytes]:
             try:
                 data = mutate_json_field(bytearray(seeds[index][2]), rng)
                 kind = "json"
-            except (ValueError, struct.error, KeyError, TypeError):
+            except (ValueError, struct.error, KeyError, TypeError, IndexError, container.CorruptError):
                 pass
         data = repair_checksums(data)
         kind += "+repaired"

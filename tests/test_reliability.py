@@ -292,8 +292,8 @@ def test_missing_model_names_the_one_needed(tiny_model, tmp_path, capsys):
 def test_newer_format_version_is_refused(seeds, tmp_path, capsys):
     damaged = bytearray(next(seed for seed in seeds if seed[0] == "stored")[2])
     damaged[4] = container.FORMAT_VERSION + 1
-    _, _, length = struct.unpack_from("<4sBI", damaged)
-    struct.pack_into("<I", damaged, 9 + length, zlib.crc32(damaged[: 9 + length]))
+    header_end = container._read_varint(damaged, 5, "header", container._MAX_SIZE_VARINT_BYTES)[1]
+    struct.pack_into("<I", damaged, header_end, zlib.crc32(damaged[:header_end]))
     with pytest.raises(FormatError, match=f"version {container.FORMAT_VERSION + 1}, newer.*upgrade llmzip"):
         llmzip.decompress(bytes(damaged))
     path = tmp_path / "future.llmz"

@@ -256,7 +256,8 @@ def info(data: bytes | BinaryIO) -> Info:
     model_tokens = content_size = streams = 0
     while next_header is not None:
         streams += 1
-        while not isinstance(record := container.read_record(source, container.MAX_GROUP_CHUNKS), EndRecord):
+        version = next_header["format_version"]
+        while not isinstance(record := container.read_record(source, container.MAX_GROUP_CHUNKS, version), EndRecord):
             if isinstance(record, dict):
                 model_settings = model_settings or record
                 continue

@@ -331,7 +331,7 @@ class StreamDecoder:
                 size += len(data)
                 yield data
         end = self._end
-        if end.content_size != size or end.sha256 != digest.digest():
+        if not end.matches(size, digest.digest()):
             raise CorruptError("the decoded data does not match the original's checksum; the file is damaged")
 
     def _groups(self) -> Iterator[list[ChunkRecord]]:
@@ -344,7 +344,7 @@ class StreamDecoder:
         """
         pending: list[ChunkRecord] = []
         while True:
-            record = container.read_record(self.source, self.batch_size)
+            record = container.read_record(self.source, self.batch_size, self.header["format_version"])
             if isinstance(record, (EndRecord, dict)) and pending:
                 yield pending
                 pending = []

@@ -1,6 +1,10 @@
 """The .llmz container: a header, groups of independently coded chunks, an end record.
 Streams may follow one another in a file, like gzip members; they decode one after another.
 
+Version 2 is written; version 1 (a JSON header, a model record deflated on its own, the whole
+SHA-256 at the end) is still read. Readers pass the stream's version, from its header, on to
+`read_record`.
+
 See docs/FORMAT.md for the concepts and the byte layout. This module only reads and writes
 records and checks their integrity; it knows nothing about models or coding.
 """
@@ -14,9 +18,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import CorruptError, FormatError, TruncatedError
+from .record_dictionary import RECORD_DICTIONARY
 
 MAGIC = b"LLMZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; every version from 1 up is read
 
 MODEL_TAG = b"M"
 GROUP_TAG = b"G"
@@ -34,12 +39,14 @@ MAX_CHUNK_BYTES = 1 << 24
 MAX_GROUP_CHUNKS = 1024
 MAX_GROUP_BYTES = 1 << 28  # payloads of one group; a reader allocates them in one piece
 
-_PREAMBLE = struct.Struct("<4sBI")  # magic, format version, header length
 _CHUNK_FIELDS = 5  # kind, raw length, token count, payload length (varints), raw crc32 (u32)
 _MAX_VARINT_BYTES = 5  # enough for any length a reader accepts
+_MAX_SIZE_VARINT_BYTES = 10  # a content size: any 64-bit number
 _CRC = struct.Struct("<I")
 _LENGTH = struct.Struct("<I")
-_END = struct.Struct("<Q32s")  # content size, sha256 of the content
+_DIGEST_BYTES = 8  # version 2 keeps the first 8 bytes of the content's SHA-256, as many as xz's CRC-64
+_V1_PREAMBLE = struct.Struct("<I")  # after magic and version: the header JSON's length
+_V1_END = struct.Struct("<Q32s")  # content size, sha256 of the content
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,10 @@ class ChunkRecord:
 @dataclass(frozen=True)
 class EndRecord:
     content_size: int
-    sha256: bytes
+    sha256: bytes  # the content's SHA-256, or (version 2) its first bytes
+
+    def matches(self, content_size: int, sha256: bytes) -> bool:
+        return self.content_size == content_size and self.sha256 == sha256[: len(self.sha256)]
 
 
 def _read_exactly(stream: BinaryIO, size: int, what: str) -> bytes:
@@ -74,9 +84,9 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(data: bytes, position: int, what: str) -> tuple[int, int]:
+def _read_varint(data: bytes, position: int, what: str, max_bytes: int = _MAX_VARINT_BYTES) -> tuple[int, int]:
     value = 0
-    for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
+    for shift in range(0, 7 * max_bytes, 7):
         if position >= len(data):
             raise CorruptError(f"the {what} is damaged (a number runs past its end)")
         byte = data[position]
@@ -87,13 +97,18 @@ def _read_varint(data: bytes, position: int, what: str) -> tuple[int, int]:
     raise CorruptError(f"the {what} is damaged (a number is too long)")
 
 
-def _read_varint_from(stream: BinaryIO, what: str) -> int:
+def _read_varint_bytes(stream: BinaryIO, what: str, max_bytes: int = _MAX_VARINT_BYTES) -> bytes:
+    """The bytes of one varint, for callers that also checksum them."""
     data = b""
-    while len(data) < _MAX_VARINT_BYTES:
+    while len(data) < max_bytes:
         data += _read_exactly(stream, 1, what)
         if data[-1] < 0x80:
             break
-    return _read_varint(data, 0, what)[0]
+    return data
+
+
+def _read_varint_from(stream: BinaryIO, what: str, max_bytes: int = _MAX_VARINT_BYTES) -> int:
+    return _read_varint(_read_varint_bytes(stream, what, max_bytes), 0, what, max_bytes)[0]
 
 
 def _json_bytes(record: dict) -> bytes:
@@ -111,20 +126,21 @@ def _parse_json(body: bytes, what: str) -> dict:
 
 
 def write_header(stream: BinaryIO, header: dict) -> None:
-    body = _json_bytes(header)
-    preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(body))
-    stream.write(preamble + body + _CRC.pack(zlib.crc32(preamble + body)))
+    """The header holds the content size when known in advance (stored plus one; 0: unknown)."""
+    size = header.get("content_size")
+    body = MAGIC + bytes([FORMAT_VERSION]) + _varint(0 if size is None else size + 1)
+    stream.write(body + _CRC.pack(zlib.crc32(body)))
 
 
 def _deflate(body: bytes) -> bytes:
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=RECORD_DICTIONARY)
     return deflate.compress(body) + deflate.flush()
 
 
 def _model_record(settings: dict) -> bytes:
-    # Deflated: the JSON is about 650 bytes, a cost that short inputs feel.
+    # Deflated against a preset dictionary: the JSON is about 760 bytes, a cost short inputs feel.
     body = _deflate(_json_bytes(settings))
-    record = MODEL_TAG + _LENGTH.pack(len(body)) + body
+    record = MODEL_TAG + _varint(len(body)) + body
     return record + _CRC.pack(zlib.crc32(record))
 
 
@@ -137,8 +153,8 @@ def write_model_record(stream: BinaryIO, settings: dict) -> None:
     stream.write(_model_record(settings))
 
 
-def _inflate(body: bytes, what: str) -> bytes:
-    inflate = zlib.decompressobj(-15)
+def _inflate(body: bytes, what: str, version: int) -> bytes:
+    inflate = zlib.decompressobj(-15, zdict=RECORD_DICTIONARY) if version >= 2 else zlib.decompressobj(-15)
     try:
         data = inflate.decompress(body, MAX_HEADER_BYTES)
     except zlib.error:
@@ -149,25 +165,45 @@ def _inflate(body: bytes, what: str) -> bytes:
 
 
 def read_header(stream: BinaryIO, already_read: bytes = b"") -> dict:
-    """The header JSON; `already_read` holds the first bytes of the stream if a caller took them."""
-    start = already_read + stream.read(_PREAMBLE.size - len(already_read))
-    if len(start) < 4 or start[:4] != MAGIC:
+    """The header as a dict: `content_size` (None when unknown) and `format_version`.
+    `already_read` holds the first bytes of the stream if a caller took them."""
+    start = already_read + stream.read(len(MAGIC) + 1 - len(already_read))
+    if len(start) < len(MAGIC) or start[: len(MAGIC)] != MAGIC:
         raise FormatError("not an llmzip file (bad magic number)")
-    if len(start) < _PREAMBLE.size:
+    if len(start) <= len(MAGIC):
         raise TruncatedError("the file ends inside the header; it was cut short")
-    _, version, length = _PREAMBLE.unpack(start)
+    version = start[len(MAGIC)]
     if version > FORMAT_VERSION:
         raise FormatError(
             f"the file uses llmzip format version {version}, newer than the {FORMAT_VERSION} this llmzip reads; "
             "upgrade llmzip to read it"
         )
-    if version < 1 or length > MAX_HEADER_BYTES:
+    if version < 1:
+        raise CorruptError("the header is damaged")
+    if version == 1:
+        return _read_v1_header(stream, start)
+    size_bytes = _read_varint_bytes(stream, "header", _MAX_SIZE_VARINT_BYTES)
+    (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "header"))
+    if zlib.crc32(start + size_bytes) != crc:
+        raise CorruptError("the header is damaged (checksum mismatch)")
+    size = _read_varint(size_bytes, 0, "header", _MAX_SIZE_VARINT_BYTES)[0]
+    return {"content_size": size - 1 if size else None, "format_version": version}
+
+
+def _read_v1_header(stream: BinaryIO, start: bytes) -> dict:
+    length_bytes = _read_exactly(stream, _V1_PREAMBLE.size, "header")
+    (length,) = _V1_PREAMBLE.unpack(length_bytes)
+    if length > MAX_HEADER_BYTES:
         raise CorruptError("the header is damaged")
     body = _read_exactly(stream, length, "header")
     (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "header"))
-    if zlib.crc32(start + body) != crc:
+    if zlib.crc32(start + length_bytes + body) != crc:
         raise CorruptError("the header is damaged (checksum mismatch)")
-    return _parse_json(body, "header")
+    header = _parse_json(body, "header")
+    size = header.get("content_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise CorruptError("the header is damaged")
+    return {"content_size": size, "format_version": 1}
 
 
 def read_next_header(stream: BinaryIO) -> dict | None:
@@ -204,29 +240,43 @@ def write_group(stream: BinaryIO, chunks: list[ChunkRecord]) -> None:
 
 
 def write_end(stream: BinaryIO, end: EndRecord) -> None:
-    record = END_TAG + _END.pack(end.content_size, end.sha256)
+    record = END_TAG + _varint(end.content_size) + end.sha256[:_DIGEST_BYTES]
     stream.write(record + _CRC.pack(zlib.crc32(record)))
 
 
-def read_record(stream: BinaryIO, max_group_chunks: int) -> list[ChunkRecord] | dict | EndRecord:
-    """The next group (a list of chunks), model record (a dict) or end record; checksums verified first."""
+def read_record(stream: BinaryIO, max_group_chunks: int, version: int = FORMAT_VERSION
+                ) -> list[ChunkRecord] | dict | EndRecord:
+    """The next group (a list of chunks), model record (a dict) or end record of a stream of the
+    given format version; checksums verified first."""
     tag = _read_exactly(stream, 1, "chunk stream")
     if tag == MODEL_TAG:
-        length_bytes = _read_exactly(stream, _LENGTH.size, "model record")
-        (length,) = _LENGTH.unpack(length_bytes)
+        if version == 1:
+            length_bytes = _read_exactly(stream, _LENGTH.size, "model record")
+            (length,) = _LENGTH.unpack(length_bytes)
+        else:
+            length_bytes = _read_varint_bytes(stream, "model record")
+            length = _read_varint(length_bytes, 0, "model record")[0]
         if length > MAX_HEADER_BYTES:
             raise CorruptError("the model record is damaged")
         body = _read_exactly(stream, length, "model record")
         (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "model record"))
         if zlib.crc32(tag + length_bytes + body) != crc:
             raise CorruptError("the model record is damaged (checksum mismatch)")
-        return _parse_json(_inflate(body, "model record"), "model record")
+        return _parse_json(_inflate(body, "model record", version), "model record")
     if tag == END_TAG:
-        body = _read_exactly(stream, _END.size, "end record")
+        if version == 1:
+            body = _read_exactly(stream, _V1_END.size, "end record")
+            fields = _V1_END.unpack(body)
+        else:
+            size_bytes = _read_varint_bytes(stream, "end record", _MAX_SIZE_VARINT_BYTES)
+            digest = _read_exactly(stream, _DIGEST_BYTES, "end record")
+            body = size_bytes + digest
         (crc,) = _CRC.unpack(_read_exactly(stream, _CRC.size, "end record"))
         if zlib.crc32(tag + body) != crc:
             raise CorruptError("the end record is damaged (checksum mismatch)")
-        return EndRecord(*_END.unpack(body))
+        if version == 1:
+            return EndRecord(*fields)
+        return EndRecord(_read_varint(size_bytes, 0, "end record", _MAX_SIZE_VARINT_BYTES)[0], digest)
     if tag != GROUP_TAG:
         raise CorruptError("the chunk stream is damaged (unknown record)")
     count = _read_varint_from(stream, "group")

@@ -1,4 +1,5 @@
-"""Rebuild the golden files. Run only on purpose: a changed golden file means a changed format.
+"""Rebuild the golden files of the current format version. Run only on purpose: a changed golden
+file means a changed format. The version 1 files (NAME.llmz) are never rebuilt.
 
     python tests/golden/make_golden.py
 """
@@ -20,11 +21,14 @@ SAMPLES = {
 
 
 def main() -> None:
-    model = make_model_directory(HERE / "model")
+    # The model is made once: the version 1 files need these very weights.
+    model = HERE / "model"
+    if not model.exists():
+        make_model_directory(model)
     for name, data in SAMPLES.items():
         (HERE / f"{name}.bin").write_bytes(data)
         packed = llmzip.compress(data, model=str(model), engine="exact", device="cpu", batch_size=4, xz_fallback=False)
-        (HERE / f"{name}.llmz").write_bytes(packed)
+        (HERE / f"{name}.v2.llmz").write_bytes(packed)
         print(name, len(data), "->", len(packed))
 
 
