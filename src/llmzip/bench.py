@@ -64,6 +64,7 @@ class Codec:
     parameters: int = 0
     model_bytes: int = 0
     device: str = ""
+    spec: dict | None = None  # the arguments that build this compressor again elsewhere (a Ray worker)
 
     def summary(self):
         """The llmzip Summary of the last compression (models only)."""
@@ -160,6 +161,7 @@ def baseline(name: str) -> Codec | None:
     codec = factory()
     if codec is not None:
         codec.device = cpu_description(1)
+        codec.spec = {"baseline": name}
     return codec
 
 
@@ -170,6 +172,8 @@ class ModelCodec(Codec):
                  chunk_tokens: int | None = None, threads: int | None = None, xz_fallback: bool = True):
         from .api import Compressor, Decompressor, _default_device
 
+        spec = {"model": model, "device": device, "engine": engine, "batch_size": batch_size,
+                "chunk_tokens": chunk_tokens, "threads": threads, "xz_fallback": xz_fallback}
         device = device or _default_device()
         self.compressor = Compressor(model=model, engine=engine, device=device, batch_size=batch_size,
                                      chunk_tokens=chunk_tokens, threads=threads, xz_fallback=xz_fallback)
@@ -189,6 +193,7 @@ class ModelCodec(Codec):
             parameters=loaded.parameters,
             model_bytes=loaded.size_bytes,
             device=device_description(device, threads),
+            spec=spec,
         )
         self._summary = None
 
@@ -199,6 +204,16 @@ class ModelCodec(Codec):
 
     def summary(self):
         return self._summary
+
+
+def codec_from_spec(spec: dict) -> Codec:
+    """The compressor a Codec's `spec` describes, built on this machine (a Ray worker)."""
+    if "baseline" in spec:
+        codec = baseline(spec["baseline"])
+        if codec is None:
+            raise BenchError(f"the {spec['baseline']} baseline is not installed on this machine")
+        return codec
+    return ModelCodec(spec["model"], **{name: value for name, value in spec.items() if name != "model"})
 
 
 def model_label(name: str) -> str:
@@ -353,8 +368,10 @@ class Cache:
                 self.entries = {}  # a damaged cache only costs a re-run
 
     @staticmethod
-    def key(data_sha256: str, codec: Codec, repeat: int = 1) -> str:
-        fields = {"data": data_sha256, "codec": codec.name, "identity": codec.identity, "device": codec.device}
+    def key(data_sha256: str, codec: Codec, repeat: int = 1, *, device: str | None = None) -> str:
+        """`device`: where the measurement ran, when that was not where `codec` was made (a Ray worker)."""
+        fields = {"data": data_sha256, "codec": codec.name, "identity": codec.identity,
+                  "device": codec.device if device is None else device}
         if repeat > 1:  # single runs keep the keys they always had
             fields["repeat"] = repeat
         material = json.dumps(fields, sort_keys=True)
@@ -394,45 +411,161 @@ class Results:
         return all(row["verified"] for row in self.rows if row["scope"] == "file")
 
 
+def split_shards(data: bytes, shard_bytes: int | None) -> list[bytes]:
+    """`data` cut into shards of at most `shard_bytes`, each measured as its own llmzip stream.
+
+    Shards are about equal; a cut falls just after the line end nearest to an even share (never
+    further back than half a share), else on the start of a UTF-8 character, so no cut splits a
+    character and text is cut where a chunk would rather end than mid-word. The cut depends on the bytes alone, so every compressor, and a local and a Ray
+    run, measure the same shards; the shards' compressed streams written one after another are a
+    valid .llmz file of the whole input, and a file's row is the exact sum of its shards' rows.
+    """
+    if not shard_bytes or len(data) <= shard_bytes:
+        return [data]
+    shards, start = [], 0
+    count = -(-len(data) // max(1, shard_bytes - shard_bytes // 16))  # room to move a cut to a line end
+    while len(data) - start > shard_bytes:
+        # Near an even share of what is left, so that the last shard is rarely a scrap.
+        share = start + min(shard_bytes, -(-(len(data) - start) // max(1, count - len(shards))))
+        limit = start + shard_bytes
+        before = data.rfind(b"\n", (start + share) // 2, share) + 1
+        after = data.find(b"\n", share, limit) + 1
+        cut = min((c for c in (before, after) if c), key=lambda c: abs(c - share), default=0)
+        if cut == 0:
+            cut = share
+            while cut > start + 1 and data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+                cut -= 1
+        shards.append(data[start:cut])
+        start = cut
+    shards.append(data[start:])
+    return shards
+
+
+@dataclass
+class Job:
+    """One measurement: a shard of one input with one compressor."""
+
+    input_index: int
+    codec: Codec
+    shard_index: int
+    shard_count: int
+    data: bytes | None  # dropped once handed to an executor
+    sha256: str
+    key: str  # the cache key as planned, with the driver's description of the device
+    repeat: int = 1
+    measured: dict | None = None
+    device: str = ""  # where it ran
+    cached: bool = False
+
+
+class LocalExecutor:
+    """Measures jobs one after another in this process, in the order they are planned."""
+
+    def run(self, jobs):
+        for job in jobs:
+            job.measured = measure(job.codec, job.data, job.repeat)
+            job.device, job.data = job.codec.device, None
+            yield job
+
+
 def run_benchmark(inputs: list[Input], codecs: list[Codec], *, max_bytes: int | None = None, cache: Cache | None = None,
-                  progress: bool | None = None, repeat: int = 1) -> Results:
-    """Measure every codec on every input (the fastest of `repeat` round trips); cached rows are reused."""
+                  progress: bool | None = None, repeat: int = 1, shard_bytes: int | None = None,
+                  executor=None) -> Results:
+    """Measure every codec on every input (the fastest of `repeat` round trips); cached rows are reused.
+
+    With `shard_bytes`, each input is cut by `split_shards` and every shard is measured on its
+    own; a file's row sums its shards. `executor` runs the measurements that the cache does not
+    hold: by default here, one after another; `cluster.RayExecutor` runs them as Ray tasks and
+    hands them back as they finish, in any order. Rows come out in the same order either way.
+    """
     from tqdm import tqdm
 
     cache = cache or Cache(None)
+    executor = executor or LocalExecutor()
     results = Results(codecs=list(codecs), settings={"max_bytes": max_bytes, "repeat": repeat})
-    jobs = len(inputs) * len(codecs)
-    bar = tqdm(total=jobs, unit="run", disable=progress is False or (progress is None and not sys.stderr.isatty()),
-               leave=False, file=sys.stderr)
+    if shard_bytes:
+        results.settings["shard_bytes"] = shard_bytes
+    bar = tqdm(total=len(inputs) * len(codecs), unit="run", leave=False, file=sys.stderr,
+               disable=progress is False or (progress is None and not sys.stderr.isatty()))
     # Without a terminal for the bar (a log, CI), one line per finished measurement instead.
     lines = progress is not False and bar.disable
-    try:
-        for item in inputs:
+    files: list[tuple[str, int]] = []  # per input: sha256 and length of the measured bytes
+    shards: dict[tuple[int, int], list[Job]] = {}  # (input, codec) -> its jobs, in shard order
+    finished = 0
+
+    def report(job: Job) -> None:
+        nonlocal finished
+        finished += 1
+        bar.update(1)
+        if lines:
+            item = inputs[job.input_index]
+            part = f" shard {job.shard_index + 1}/{job.shard_count}" if job.shard_count > 1 else ""
+            verified = job.measured["verified"]
+            bits = f"{_number(8 * job.measured['compressed_bytes'] / job.measured['raw_bytes'])} bits/byte" \
+                if verified and job.measured["raw_bytes"] else ("FAILED" if not verified else "empty")
+            print(f"llmzip bench: [{finished}/{bar.total}] {item.name}{part} {job.codec.label}: {bits}"
+                  + (" (cached)" if job.cached else ""), file=sys.stderr, flush=True)
+
+    def planned():
+        """The jobs the cache cannot answer, one input read at a time (a local run holds one in memory)."""
+        for input_index, item in enumerate(inputs):
             data = read_input(item.path, max_bytes)
-            digest = hashlib.sha256(data).hexdigest()
-            for codec in codecs:
+            files.append((hashlib.sha256(data).hexdigest(), len(data)))
+            pieces = split_shards(data, shard_bytes)
+            bar.total += (len(pieces) - 1) * len(codecs)
+            digests = [files[-1][0]] if len(pieces) == 1 else [hashlib.sha256(piece).hexdigest() for piece in pieces]
+            for codec_index, codec in enumerate(codecs):
                 bar.set_description(f"{item.name} {codec.label}"[:40])
-                key = cache.key(digest, codec, repeat)
-                cached = cache.get(key)
-                if cached is None:
-                    measured = measure(codec, data, repeat)
-                    cache.put(key, measured)
-                else:
-                    measured = cached
-                row = derive(dict(measured), codec.parameters, codec.model_bytes)
-                row.update(scope="file", corpus=item.corpus, file=item.name, compressor=codec.label, kind=codec.kind,
-                           device=codec.device, cached=cached is not None, sha256=digest, note="")
-                results.rows.append(row)
-                bar.update(1)
-                if lines:
-                    bits = "FAILED" if not row["verified"] else f"{_number(row['bits_per_byte'])} bits/byte"
-                    print(f"llmzip bench: [{len(results.file_rows())}/{jobs}] {item.name} {codec.label}: {bits}"
-                          + (" (cached)" if cached is not None else ""), file=sys.stderr, flush=True)
-            results.rows += _published_rows(item, len(data))
+                jobs = shards[input_index, codec_index] = []
+                for shard_index, (piece, digest) in enumerate(zip(pieces, digests)):
+                    job = Job(input_index, codec, shard_index, len(pieces), piece, digest,
+                              cache.key(digest, codec, repeat), repeat)
+                    jobs.append(job)
+                    cached = cache.get(job.key)
+                    if cached is None:
+                        yield job
+                    else:
+                        job.measured, job.device, job.cached, job.data = cached, codec.device, True, None
+                        report(job)
+
+    try:
+        for job in executor.run(planned()):
+            key = job.key if job.device == job.codec.device else cache.key(job.sha256, job.codec, repeat,
+                                                                            device=job.device)
+            cache.put(key, job.measured)
+            report(job)
     finally:
         bar.close()
+    for codec_index, codec in enumerate(codecs):  # where the workers ran, when that is not here
+        devices = {job.device for (_, index), jobs in shards.items() if index == codec_index for job in jobs}
+        if len(devices) == 1:
+            codec.device = devices.pop()
+    for input_index, item in enumerate(inputs):
+        digest, length = files[input_index]
+        for codec_index, codec in enumerate(codecs):
+            jobs = shards[input_index, codec_index]
+            row = derive(_sum_shards([job.measured for job in jobs]), codec.parameters, codec.model_bytes)
+            note = f"sum of {len(jobs)} shards of at most {shard_bytes:,} bytes" if len(jobs) > 1 else ""
+            row.update(scope="file", corpus=item.corpus, file=item.name, compressor=codec.label, kind=codec.kind,
+                       device=" / ".join(sorted({job.device for job in jobs})), cached=all(job.cached for job in jobs),
+                       sha256=digest, note=note)
+            results.rows.append(row)
+        results.rows += _published_rows(item, length)
     results.rows += _total_rows(results)
     return results
+
+
+def _sum_shards(rows: list[dict]) -> dict:
+    """One row for a whole file from its shards' rows: bytes, bits and seconds add up."""
+    if len(rows) == 1:
+        return dict(rows[0])
+    total = {name: sum(row[name] for row in rows)
+             for name in ("raw_bytes", "compressed_bytes", "compress_seconds", "decompress_seconds")}
+    total["verified"] = all(row["verified"] for row in rows)
+    for name in ("cross_entropy_bits", "model_coded_bytes", "tokens"):
+        values = [row[name] for row in rows]
+        total[name] = sum(values) if all(value is not None for value in values) else None
+    return total
 
 
 def _published_rows(item: Input, measured_bytes: int) -> list[dict]:
@@ -541,6 +674,9 @@ def markdown_report(results: Results) -> str:
         lines.append(f"Each file was cut to its first {results.settings['max_bytes']:,} bytes (--max-bytes).")
     if (results.settings.get("repeat") or 1) > 1:
         lines.append(f"Throughput is the fastest of {results.settings['repeat']} round trips (--repeat), each verified.")
+    if results.settings.get("shard_bytes"):
+        lines.append(f"Files longer than {results.settings['shard_bytes']:,} bytes were measured in shards of at most that "
+                     "size (--shard-bytes), each its own stream; a file's row is the sum of its shards' rows.")
     if results.settings.get("xz_fallback") is False:
         lines.append("Models coded every text chunk themselves (--model-only): no chunk fell back to xz.")
     lines += ["", "## Bits per byte (lower is better)", ""]
@@ -779,6 +915,12 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
                         help="code every text chunk with the model, even where xz would be smaller")
     parser.add_argument("--no-cache", action="store_true", help="measure everything again (the cache is rewritten)")
+    parser.add_argument("--shard-bytes", type=int, metavar="N",
+                        help="measure each file in shards of at most N bytes (cut at line ends), each its own "
+                             "stream; a file's row sums its shards. Shards of one file run in parallel with --ray")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="run the measurements as tasks on the Ray cluster at ADDRESS (host:port), or on a local "
+                             "cluster started for the run when no ADDRESS is given (needs pip install 'llmzip[ray]')")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("-q", "--quiet", action="store_true", help="no table on standard output, no progress bar")
 
@@ -830,15 +972,39 @@ def run_bench(args) -> int:
         raise BenchError("--max-bytes must be at least 1")
     if args.repeat < 1:
         raise BenchError("--repeat must be at least 1")
+    if args.shard_bytes is not None and args.shard_bytes < 1:
+        raise BenchError("--shard-bytes must be at least 1")
     inputs = collect_inputs(args.paths)
     if not inputs:
         raise BenchError("no files found in " + ", ".join(args.paths))
+    if args.ray is None:
+        return _report(args, _measure(args, inputs, None))
+    from . import cluster
+
+    with cluster.session(args.ray or None) as connection:
+        # Each task runs on as many CPUs as its threads, and the codecs made here for their cache
+        # keys describe the same thread count as the workers will.
+        args.threads = args.threads or 1
+        return _report(args, _measure(args, inputs, cluster.RayExecutor(connection, threads=args.threads,
+                                                                           gpu=_wants_gpu(args.device))))
+
+
+def _wants_gpu(device: str | None) -> bool:
+    return device is not None and device.startswith("cuda")
+
+
+def _measure(args, inputs: list[Input], executor) -> tuple[Results, Path]:
     codecs = codecs_from_arguments(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Cache(out / "cache.json", read=not args.no_cache)
     results = run_benchmark(inputs, codecs, max_bytes=args.max_bytes, cache=cache, progress=False if args.quiet else None,
-                            repeat=args.repeat)
+                            repeat=args.repeat, shard_bytes=args.shard_bytes, executor=executor)
+    return results, out
+
+
+def _report(args, measured: tuple[Results, Path]) -> int:
+    results, out = measured
     results.settings["xz_fallback"] = args.xz_fallback
     report = markdown_report(results)
     (out / "results.md").write_text(report, encoding="utf-8")

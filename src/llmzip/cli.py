@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
                         help="model-code all text, even where xz would be smaller (for measuring models)")
     parser.add_argument("-T", "--threads", type=_positive, metavar="N", help="CPU threads for inference")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="code each file as a task on the Ray cluster at ADDRESS (host:port), or on a local cluster "
+                             "when none is given; outputs are the bytes a local run writes (pip install 'llmzip[ray]')")
     levels = parser.add_argument_group("compression levels", _levels_help())
     for level in range(1, 10):
         levels.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    argv = _ray_argv(argv)
     if argv and argv[0] in SUBCOMMANDS:
         return _run_subcommand(argv[0], argv[1:])
     try:
@@ -164,6 +168,17 @@ def _main(argv: list[str]) -> int:
     finally:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
+
+
+def _ray_argv(argv: list[str]) -> list[str]:
+    """`--ray FILE` means a local cluster and FILE, not a cluster at FILE: an address has a port."""
+    argv = list(argv)
+    for index, argument in enumerate(argv[:-1]):
+        if argument == "--":
+            break
+        if argument == "--ray" and not re.fullmatch(r"(ray://)?\S+:\d+|auto|local", argv[index + 1]):
+            argv[index] = "--ray="
+    return argv
 
 
 def _discard_stdout() -> None:
@@ -253,6 +268,8 @@ class Runner:
                     raise
                 print(f"llmzip: {error}", file=sys.stderr)
                 return 1
+        if args.ray is not None and args.mode != "list":  # -l reads headers only: nothing to spread
+            return self.run_on_ray(files)
         if args.threads is not None:
             import torch
 
@@ -293,15 +310,21 @@ class Runner:
         except Interrupted:
             raise KeyboardInterrupt from None
 
+    def compressor_options(self) -> dict:
+        args = self.args
+        return dict(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
+                    chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads,
+                    xz_fallback=args.xz_fallback)
+
+    def decompressor_options(self) -> dict:
+        return dict(model=self.args.model, device=self.args.device)
+
     @property
     def compressor(self):
         if self._compressor is None:
             from .api import Compressor
 
-            args = self.args
-            self._compressor = Compressor(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
-                                          chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads,
-                                          xz_fallback=args.xz_fallback)
+            self._compressor = Compressor(**self.compressor_options())
         return self._compressor
 
     @property
@@ -309,7 +332,7 @@ class Runner:
         if self._decompressor is None:
             from .api import Decompressor
 
-            self._decompressor = Decompressor(model=self.args.model, device=self.args.device)
+            self._decompressor = Decompressor(**self.decompressor_options())
         return self._decompressor
 
     def output_name(self, name: str) -> str | None:
@@ -327,16 +350,22 @@ class Runner:
             raise LLMZipError(f"unknown suffix (expected {SUFFIX}) -- ignored; use -o to name the output")
         return name[: -len(SUFFIX)]
 
-    def convert_file(self, name: str) -> None:
+    def checked_target(self, name: str) -> str | None:
+        """The output for `name` (None: standard output), once it is known that it may be written."""
         args = self.args
-        compressing = args.mode == "compress"
         target = self.output_name(name)
-        if target is None and compressing and sys.stdout.isatty() and not args.force:
+        if target is None and args.mode == "compress" and sys.stdout.isatty() and not args.force:
             raise LLMZipError("will not write compressed data to a terminal (use -f to force, or -o FILE)")
         if target is not None and not args.force and os.path.lexists(target) and not _is_special_file(target):
             raise LLMZipError(f"{target} already exists; use -f to overwrite")
         if target is not None and name != "-" and os.path.exists(target) and os.path.samefile(name, target):
             raise LLMZipError("input and output are the same file")
+        return target
+
+    def convert_file(self, name: str) -> None:
+        args = self.args
+        compressing = args.mode == "compress"
+        target = self.checked_target(name)
         with _open_input(name) as source:
             size = _input_size(source)
             progress = self._progress_bar(size, name)
@@ -361,6 +390,11 @@ class Runner:
                         out_size = self.decompressor.copy_stream(source, destination, progress=update)
             finally:
                 progress.close()
+        self.finish_file(name, target, in_size, out_size, compressing)
+
+    def finish_file(self, name: str, target: str | None, in_size: int, out_size: int, compressing: bool) -> None:
+        """After an output is published: --rm, and the summary line."""
+        args = self.args
         if args.remove and name != "-" and target is not None:
             if _is_special_file(target):
                 if not args.quiet:
@@ -369,6 +403,66 @@ class Runner:
                 os.remove(name)
         if not args.quiet:
             self.print_summary(name, target, in_size, out_size, compressing)
+
+    def run_on_ray(self, files: list[str]) -> int:
+        """Each file coded by one Ray task (see cluster.py); outputs are written here, in input order,
+        through the same checks and publishing as a local run, so a cancelled run leaves none half-written."""
+        from . import cluster
+
+        args = self.args
+        if "-" in files:
+            raise UsageError("--ray takes named files, not standard input")
+        args.threads = args.threads or 1  # each task's CPUs; the driver's compressor records the same
+        try:
+            with cluster.session(args.ray or None) as ray:
+                tasks = cluster.FileTasks(ray, threads=args.threads, gpu=(args.device or "").startswith("cuda"))
+                if args.mode == "compress":  # loaded here for the settings every worker's model must match
+                    settings = self.compressor.model_settings()
+                submitted = []
+                try:
+                    for name in files:
+                        with self._report_errors(name):
+                            target = None if args.mode == "test" else self.checked_target(name)
+                            with _open_input(name) as source:
+                                data = source.read()
+                            ref = (tasks.compress(data, self.compressor_options(), settings) if args.mode == "compress"
+                                   else tasks.decompress(data, self.decompressor_options(), test=args.mode == "test"))
+                            submitted.append((name, target, ref, len(data)))
+                    for name, target, ref, in_size in submitted:
+                        self._finish_ray_file(tasks, name, target, ref, in_size)
+                        _check_signals()
+                finally:
+                    tasks.cancel([ref for _, _, ref, _ in submitted])  # those still running: Ctrl-C, a lost cluster
+        except (KeyboardInterrupt, Interrupted):
+            print("llmzip: interrupted", file=sys.stderr)
+            return 1
+        except LLMZipError as error:  # the cluster, or the driver's own model: no file would fare better
+            if os.environ.get("LLMZIP_DEBUG"):
+                raise
+            print(f"llmzip: {error}", file=sys.stderr)
+            return 1
+        return 1 if self.failures else 0
+
+    def _finish_ray_file(self, tasks, name: str, target: str | None, ref, in_size: int) -> None:
+        from .cluster import ClusterError
+
+        args = self.args
+        try:
+            value = tasks.result(ref)
+        except ClusterError:
+            raise
+        except LLMZipError as error:  # this file's own: reported, and the others go on
+            value = error
+        with self._report_errors(name):
+            if isinstance(value, LLMZipError):
+                raise value
+            if args.mode == "test":
+                if not args.quiet:
+                    print(f"{name} : OK ({human_size(value)})", file=sys.stderr)
+                return
+            with _output(target, like=name, force=args.force) as destination:
+                destination.write(value)
+            self.finish_file(name, target, in_size, len(value), args.mode == "compress")
 
     def test_file(self, name: str) -> None:
         with _open_input(name) as source:
