@@ -62,11 +62,11 @@ def session(address: str | None = None, *, num_cpus: int | None = None):
     test, a notebook), that connection is used and left open.
     """
     ray = import_ray()
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():
         yield ray
         return
-    if address:
-        _check_reachable(address)
     options = dict(log_to_driver=False, logging_level=logging.ERROR)
     if not address and not os.environ.get("RAY_ADDRESS"):
         options.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
