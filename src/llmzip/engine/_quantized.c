@@ -574,6 +574,122 @@ __attribute__((target("avx2,fma"))) static void mix4_avx2(double *acc, const dou
 }
 #endif
 
+#if HAVE_X86
+/* One position's queries (decoding): the R query rows of a key-value head see the same keys and
+ * values, so each int16 key or value is converted once, in registers, and serves all R rows. No
+ * conversion of the whole cache, which would cost more than the products themselves. Scores are
+ * taken before the key's power of two (exact integers either way: products and sums stay below
+ * 2**53), values are weighted by weight * 2**exponent: the same integers as attend_row. */
+__attribute__((target("avx2,fma"))) static inline __m256d load4_int16(const int16_t *p) {
+    return _mm256_cvtepi32_pd(_mm_cvtepi16_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+__attribute__((target("avx2,fma"))) static inline double sum4(__m256d x) {
+    __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
+}
+
+/* scores[r * stride + j] = query_r . key_j for j < seen, rows r < R (R <= 4, a constant after inlining). */
+__attribute__((always_inline, target("avx2,fma"))) static inline void shared_scores(
+    const double *query, const int16_t *keys, Py_ssize_t seen, Py_ssize_t D, const int R, double *scores,
+    Py_ssize_t stride) {
+    Py_ssize_t j = 0;
+    for (; j + 2 <= seen; j += 2) {
+        __m256d first[4], second[4];
+        for (int r = 0; r < R; r++) first[r] = second[r] = _mm256_setzero_pd();
+        for (Py_ssize_t d = 0; d < D; d += 4) {
+            __m256d k0 = load4_int16(keys + j * D + d), k1 = load4_int16(keys + (j + 1) * D + d);
+            for (int r = 0; r < R; r++) {
+                __m256d q = _mm256_loadu_pd(query + r * D + d);
+                first[r] = _mm256_fmadd_pd(q, k0, first[r]);
+                second[r] = _mm256_fmadd_pd(q, k1, second[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            scores[r * stride + j] = sum4(first[r]);
+            scores[r * stride + j + 1] = sum4(second[r]);
+        }
+    }
+    for (; j < seen; j++)
+        for (int r = 0; r < R; r++) {
+            double sum = 0;
+            for (Py_ssize_t d = 0; d < D; d++) sum += query[r * D + d] * keys[j * D + d];
+            scores[r * stride + j] = sum;
+        }
+}
+
+/* acc[r * D + d] = sum over j < seen of weights[r * stride + j] * values[j][d], rows r < R (R <= 4). */
+__attribute__((always_inline, target("avx2,fma"))) static inline void shared_mix(
+    const double *weights, const int16_t *values, Py_ssize_t seen, Py_ssize_t D, const int R, double *acc,
+    Py_ssize_t stride) {
+    for (Py_ssize_t d = 0; d < D; d += 8) {
+        __m256d low[4], high[4];
+        for (int r = 0; r < R; r++) low[r] = high[r] = _mm256_setzero_pd();
+        for (Py_ssize_t j = 0; j < seen; j++) {
+            __m256d v0 = load4_int16(values + j * D + d), v1 = load4_int16(values + j * D + d + 4);
+            for (int r = 0; r < R; r++) {
+                __m256d w = _mm256_set1_pd(weights[r * stride + j]);
+                low[r] = _mm256_fmadd_pd(w, v0, low[r]);
+                high[r] = _mm256_fmadd_pd(w, v1, high[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            _mm256_storeu_pd(acc + r * D + d, low[r]);
+            _mm256_storeu_pd(acc + r * D + d + 4, high[r]);
+        }
+    }
+}
+
+/* Rows first .. first + R - 1 of key-value head `pair` at one query position (R <= 4); D % 8 == 0.
+ * `scores` holds 4 * Tk doubles, `query` and `acc` 4 * D. */
+__attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTask *task, Py_ssize_t pair,
+                                                              Py_ssize_t first, int R, double *scores,
+                                                              double *query, double *acc) {
+    const Py_ssize_t D = task->D, seen = task->Tk, stride = task->Tk;
+    const Py_ssize_t base = pair * task->capacity, head = pair % task->H;
+    const int16_t *keys = task->k + base * D, *values = task->v + base * D;
+    const int32_t *key_exponent = task->k_exponent + base, *value_exponent = task->v_exponent + base;
+    const int64_t multiplier = task->multiplier[head], shift = task->shift[head];
+    const int64_t half = (int64_t)1 << (shift - 1);
+    for (int r = 0; r < R; r++)
+        for (Py_ssize_t d = 0; d < D; d++) query[r * D + d] = (double)task->q[((pair * task->Rq) + first + r) * D + d];
+    switch (R) {
+        case 1: shared_scores(query, keys, seen, D, 1, scores, stride); break;
+        case 2: shared_scores(query, keys, seen, D, 2, scores, stride); break;
+        case 3: shared_scores(query, keys, seen, D, 3, scores, stride); break;
+        default: shared_scores(query, keys, seen, D, 4, scores, stride); break;
+    }
+    int64_t totals[4];
+    for (int r = 0; r < R; r++) {
+        double *row = scores + r * stride;
+        int64_t best = INT64_MIN;
+        for (Py_ssize_t j = 0; j < seen; j++) { /* logits, kept as doubles: exact integers far below 2**53 */
+            int64_t logit = ((int64_t)row[j] * ((int64_t)1 << key_exponent[j]) * multiplier + half) >> shift;
+            row[j] = (double)logit;
+            if (logit > best) best = logit;
+        }
+        int64_t total = 0;
+        for (Py_ssize_t j = 0; j < seen; j++) {
+            int64_t gap = best - (int64_t)row[j];
+            if (gap > task->table_length - 1) gap = task->table_length - 1;
+            total += task->table[gap];
+            row[j] = (double)task->table[gap] * (double)((int64_t)1 << value_exponent[j]);
+        }
+        totals[r] = total;
+    }
+    switch (R) {
+        case 1: shared_mix(scores, values, seen, D, 1, acc, stride); break;
+        case 2: shared_mix(scores, values, seen, D, 2, acc, stride); break;
+        case 3: shared_mix(scores, values, seen, D, 3, acc, stride); break;
+        default: shared_mix(scores, values, seen, D, 4, acc, stride); break;
+    }
+    for (int r = 0; r < R; r++) {
+        int64_t *out = task->out + ((pair * task->Rq) + first + r) * D;
+        for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * (int64_t)acc[r * D + d] + totals[r], 2 * totals[r]);
+    }
+}
+#endif
+
 static void to_doubles(const int16_t *rows, const int32_t *exponents, Py_ssize_t begin, Py_ssize_t end,
                        Py_ssize_t D, double *out) {
     for (Py_ssize_t j = begin; j < end; j++)
@@ -642,11 +758,26 @@ static void *attention_worker(void *argument) {
 #if HAVE_X86
     vector = !task->plain && avx2_available() && D % 4 == 0;
 #endif
+    void *failed = NULL;
+#if HAVE_X86
+    if (vector && task->Tq == 1 && D % 8 == 0) { /* decoding: one position, keys shared by the rows */
+        double *scores = PyMem_RawMalloc(sizeof(double) * 4 * (task->Tk > 0 ? task->Tk : 1));
+        double *query = PyMem_RawMalloc(sizeof(double) * 8 * D);
+        if (!scores || !query) failed = (void *)1;
+        for (Py_ssize_t pair = task->worker; !failed && pair < task->B * task->H; pair += task->workers)
+            for (Py_ssize_t first = 0; first < task->Rq; first += 4) {
+                int R = task->Rq - first < 4 ? (int)(task->Rq - first) : 4;
+                attend_shared(task, pair, first, R, scores, query, query + 4 * D);
+            }
+        PyMem_RawFree(scores);
+        PyMem_RawFree(query);
+        return failed;
+    }
+#endif
     int64_t *logits = PyMem_RawMalloc(sizeof(int64_t) * (task->Tk > 0 ? task->Tk : 1));
     double *query = PyMem_RawMalloc(sizeof(double) * D * 2);
     double *keys = PyMem_RawMalloc(sizeof(double) * D * (task->Tk > 0 ? task->Tk : 1));
     double *values = PyMem_RawMalloc(sizeof(double) * D * (task->Tk > 0 ? task->Tk : 1));
-    void *failed = NULL;
     if (!logits || !query || !keys || !values) {
         failed = (void *)1;
         goto done;
