@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmzip.engine.exact import (
+from llmzip.engine.gpt import ExactGPTEngine
+from llmzip.engine.integer import (
     ROW_TOTAL_BITS,
-    ExactGPTEngine,
     exact_matmul,
     exp_table,
     integer_sqrt,
@@ -227,8 +227,8 @@ def test_in_place_requantise_and_output_rows_match_the_plain_definitions(sharp_e
 
 
 def test_long_causal_attention_in_query_blocks_gives_the_same_integers(monkeypatch):
-    from llmzip.engine import exact
-    from llmzip.engine.exact import ATTENTION_EXP_BITS, LOGIT_FRACTION_BITS, fixed_point, integer_attention
+    from llmzip.engine import integer
+    from llmzip.engine.integer import ATTENTION_EXP_BITS, LOGIT_FRACTION_BITS, fixed_point, integer_attention
 
     generator = torch.Generator().manual_seed(11)
     B, H, T, D, bound = 2, 3, 600, 16, 2000
@@ -238,6 +238,6 @@ def test_long_causal_attention_in_query_blocks_gives_the_same_integers(monkeypat
     table = torch.tensor(exp_table(LOGIT_FRACTION_BITS, ATTENTION_EXP_BITS))
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     blocked = integer_attention(q, k, v, scale, table, causal, bound, bound)
-    assert T > exact.ATTENTION_QUERY_BLOCK  # the blocked path ran
-    monkeypatch.setattr(exact, "ATTENTION_QUERY_BLOCK", T)
+    assert T > integer.ATTENTION_QUERY_BLOCK  # the blocked path ran
+    monkeypatch.setattr(integer, "ATTENTION_QUERY_BLOCK", T)
     assert torch.equal(blocked, integer_attention(q, k, v, scale, table, causal, bound, bound))

@@ -44,14 +44,14 @@ def llama():
 
 @pytest.fixture(scope="module")
 def engine(llama):
-    from llmzip.engine.exact_llama import ExactLlamaEngine
+    from llmzip.engine.llama import ExactLlamaEngine
 
     return ExactLlamaEngine(llama, context_length=128)
 
 
 @pytest.fixture(scope="module")
 def wide_engine():
-    from llmzip.engine.exact_llama import ExactLlamaEngine
+    from llmzip.engine.llama import ExactLlamaEngine
 
     # MLP width 1280 and an untied head: reductions longer than 1024, two separate embedding tables.
     return ExactLlamaEngine(make_llama(1, intermediate_size=1280, tie=False), context_length=128)
@@ -104,7 +104,7 @@ def test_thread_count_does_not_matter(wide_engine):
 
 
 def test_rows_are_valid_weights(engine):
-    from llmzip.engine.exact import ROW_TOTAL_BITS
+    from llmzip.engine.integer import ROW_TOTAL_BITS
 
     rows = engine.sequence_weights([random_tokens(4, 60)])[0]
     assert rows.dtype.kind in "iu" and rows.shape == (60, VOCAB)
@@ -113,7 +113,7 @@ def test_rows_are_valid_weights(engine):
 
 
 def test_close_to_float_model(llama, engine):
-    from llmzip.engine.exact import ROW_TOTAL_BITS
+    from llmzip.engine.integer import ROW_TOTAL_BITS
 
     tokens = random_tokens(5, 100)
     # The coder gives every token at least one count; so does this comparison.
@@ -129,7 +129,7 @@ def test_close_to_float_model(llama, engine):
 
 
 def test_sigmoid_table():
-    from llmzip.engine.exact_llama import SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE, sigmoid_table
+    from llmzip.engine.llama import SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE, sigmoid_table
 
     table = sigmoid_table()
     steps = SIGMOID_RANGE << SIGMOID_FRACTION_BITS
@@ -141,7 +141,7 @@ def test_sigmoid_table():
 
 
 def test_rope_tables():
-    from llmzip.engine.exact_llama import ROPE_BITS, rope_tables
+    from llmzip.engine.llama import ROPE_BITS, rope_tables
 
     cos, sin = rope_tables(10000.0, 16, 300)
     assert cos.shape == sin.shape == (300, 8) and cos.dtype == torch.int64
@@ -155,7 +155,7 @@ def test_rope_tables():
 def test_unsupported_configs_are_named():
     from transformers import GPT2Config, LlamaConfig
 
-    from llmzip.engine.exact_llama import llama_support
+    from llmzip.engine.llama import llama_support
 
     assert llama_support(LlamaConfig()) is None
     assert "gpt2" in llama_support(GPT2Config())

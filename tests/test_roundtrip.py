@@ -11,7 +11,7 @@ from conftest import SAMPLE_TEXT
 
 def exact_engine_available() -> bool:
     try:
-        from llmzip.engine.exact import ExactGPTEngine  # noqa: F401
+        from llmzip.engine.gpt import ExactGPTEngine  # noqa: F401
     except ImportError:
         return False
     return True

@@ -1,17 +1,22 @@
 """Inference engines: they turn a model and token prefixes into the coder's weights.
 
-An engine's output for one position is a row of V non-negative weights (the unnormalised
-next-token distribution handed to the entropy coder). Encoder and decoder obtain every row
-through the engine, so the coder never sees anything the decoder could not reproduce.
+An engine's output for one position is a row of V non-negative integer weights (the
+unnormalised next-token distribution handed to the entropy coder). Encoder and decoder obtain
+every row through the engine, so the coder never sees anything the decoder could not reproduce.
 
-Two kinds exist:
-- exact engines: integer arithmetic, so a row is a pure function of the weights and the token
-  prefix on any device, thread count, batch or pass shape. `exact.py` holds the integer
-  primitives, the shared engine and sessions, and the native GPT family; `gguf_llama.py` runs
-  Llama GGUF files (the default SmolLM2-135M) on their own quantised integers with compiled
-  kernels (`_quantized.c`); `exact_llama.py` runs other Llama models on int16 weights;
-- the float engine (any model): ordinary float inference, reproducible only on the same
-  device type, dtype, library versions and thread count, all of which go into the header.
+The modules, bottom up:
+- `integer.py`: integer building blocks (exact products on float BLAS, fixed-point scales,
+  integer RMSNorm, softmax tables and attention, output rows);
+- `exact.py`: what every exact engine shares (full passes, incremental sessions, caches);
+- one module per architecture, each an ExactEngine: `gpt.py` (the native GPT family, the
+  built-in llmzip-tiny), `llama.py` (Llama models from float weights, on int16 weights) and
+  `gguf_llama.py` (Llama GGUF files such as the default SmolLM2-135M on their own quantised
+  integers, with the compiled kernels of `_quantized.c`);
+- `float.py`: ordinary float inference for any model, reproducible only on the same device
+  type, dtype, library versions and thread count, all of which go into the model record.
+
+An exact engine's row is a pure function of the weights and the token prefix on any device,
+thread count, batch or pass shape. `EXACT_ENGINES` maps a model's architecture to its engine.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ class Session(Protocol):
 
 
 class Engine(Protocol):
-    #: Everything about the engine that changes the bitstream; written into the header.
+    """What the stream coder needs from an engine (exact.ExactEngine and float.FloatEngine)."""
+
+    #: Everything about the engine that changes the bitstream; written into the model record.
     settings: dict
     #: True when a row does not depend on batch size, batch neighbours or pass shape.
     batch_invariant: bool
@@ -47,3 +54,19 @@ class Engine(Protocol):
         Batch-invariant engines also yield the same rows in pieces, `sequence_pieces(token_lists)`
         -> (sequence, start, rows), so an encoder never holds a whole chunk's rows.
         """
+
+
+# Architecture (LoadedModel.architecture) -> (module, exact engine class).
+EXACT_ENGINES = {
+    "gpt": ("llmzip.engine.gpt", "ExactGPTEngine"),
+    "llama": ("llmzip.engine.llama", "ExactLlamaEngine"),
+    "llama-gguf": ("llmzip.engine.gguf_llama", "ExactGGUFLlamaEngine"),
+}
+
+
+def exact_engine_class(architecture: str) -> type:
+    """The exact engine class of an architecture, imported on demand (engines import torch)."""
+    import importlib
+
+    module, name = EXACT_ENGINES[architecture]
+    return getattr(importlib.import_module(module), name)

@@ -20,7 +20,7 @@ always an integer mantissa with a known exponent and rescaling is a rounding shi
 - rotary positions: adjacent pairs (the GGUF layout) turned by tables in 2**-24 units;
 - v: one power-of-two unit per layer, |v| <= 2**20; gate and up: one unit each per layer, <= 2**24;
 - SiLU by a sigmoid table; the SwiGLU product goes to int16 rows for the down projection;
-- attention scores, softmax and output rows: as in the native engine (exact.py).
+- attention scores, softmax and output rows: as in the native engine (integer.py).
 
 Products run in the compiled kernel (`_quantized.c`, AVX2 or plain C, threads splitting output
 rows) on CPU, and in float64 torch matmuls on integer operands elsewhere (`reference=True` or a
@@ -35,24 +35,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .exact import (
+from .exact import ExactEngine
+from .integer import (
     ATTENTION_EXP_BITS,
     LOGIT_FRACTION_BITS,
     NORM_FRACTION_BITS,
     OUTPUT_EXP_BITS,
     ROW_TOTAL_BITS,
-    ExactEngine,
-    _lookup,
     bit_length,
     exact_matmul,
     fixed_point,
     integer_attention,
     integer_rows,
     integer_sqrt,
+    lookup,
     round_divide,
     shift_signed,
 )
-from .exact_llama import ROPE_BITS, SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE, LlamaTables, rope_tables
+from .llama import ROPE_BITS, SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE, LlamaTables, rope_tables
 
 __all__ = ["GGUFLlama", "NotCovered", "QuantisedMatrix", "ExactGGUFLlamaEngine", "round_shift", "kernels_available"]
 
@@ -155,7 +155,7 @@ def _swiglu_reference(x: torch.Tensor, tables, gate_exponent: int, base_exponent
     gate, up = x.chunk(2, dim=-1)
     index = round_shift(gate, torch.tensor(SIGMOID_FRACTION_BITS - gate_exponent, device=x.device))
     index = index.clamp(-tables.sigmoid_middle, tables.sigmoid_middle) + tables.sigmoid_middle
-    silu = (gate * _lookup(tables.sigmoid, index) + (1 << (SIGMOID_BITS - 1))) >> SIGMOID_BITS
+    silu = (gate * lookup(tables.sigmoid, index) + (1 << (SIGMOID_BITS - 1))) >> SIGMOID_BITS
     return _int16_rows(silu * up, base_exponent)
 
 

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine import Engine
 from ..errors import ModelError
 from ..tokenization import ByteTokenizer
 
@@ -65,8 +66,20 @@ class LoadedModel:
             self._float_backend = load_huggingface(self.path, self.name).backend
         return self._float_backend
 
-    def engine(self, *, exact: bool | None = None, device: str = "cpu", batch_size: int = 16, threads: int | None = None):
+    @property
+    def architecture(self) -> str:
+        """What chooses the exact engine: "gpt" (native models), "llama-gguf" (a GGUF file's own
+        integers) or the Hugging Face config's model type."""
+        if self.source in ("builtin", "native"):
+            return "gpt"
+        if self.source == "gguf":
+            return "llama-gguf"
+        return str(getattr(self.backend.config, "model_type", "unknown"))
+
+    def engine(self, *, exact: bool | None = None, device: str = "cpu", batch_size: int = 16,
+               threads: int | None = None) -> Engine:
         """The engine this model compresses with; exact by default where the model supports it."""
+        from ..engine import exact_engine_class
         from ..engine.float import FloatEngine
 
         unsupported = self.exact_unsupported()
@@ -76,38 +89,26 @@ class LoadedModel:
             return FloatEngine(self, device=device, batch_size=batch_size, threads=threads)
         if unsupported is not None:
             raise ModelError(f"model '{self.name}' has no exact engine: {unsupported}; use the float engine")
-        if self.source in ("builtin", "native"):
-            from ..engine.exact import ExactGPTEngine
-
-            return ExactGPTEngine(self.backend, device=device, start_token=self.tokenizer.start_token)
-        if self.source == "gguf":
-            from ..engine.gguf_llama import ExactGGUFLlamaEngine
-
-            key = str(device)
-            if key not in self._exact_engines:
-                try:
-                    self._exact_engines[key] = ExactGGUFLlamaEngine(
-                        self.backend, device=device, start_token=self.tokenizer.start_token,
-                        context_length=self.context_length)
-                except (ValueError, IndexError) as error:  # a damaged tensor
-                    raise ModelError(f"model '{self.name}': {error}") from None
-            engine = self._exact_engines[key]
-            engine.set_threads(threads)  # results do not depend on it
-            return engine
-        from ..engine.exact_llama import ExactLlamaEngine
-
+        engine_class = exact_engine_class(self.architecture)
+        if self.architecture == "gpt":  # small: built per call
+            return engine_class(self.backend, device=device, start_token=self.tokenizer.start_token)
         key = str(device)
-        if key not in self._exact_engines:  # building one quantises every weight: seconds for 100M parameters
-            self._exact_engines[key] = ExactLlamaEngine(
-                self.backend, device=device, start_token=self.tokenizer.start_token, context_length=self.context_length
-            )
-        return self._exact_engines[key]
+        if key not in self._exact_engines:  # building one reads or quantises every weight: seconds
+            try:
+                self._exact_engines[key] = engine_class(self.backend, device=device,
+                                                        start_token=self.tokenizer.start_token,
+                                                        context_length=self.context_length)
+            except (ValueError, IndexError) as error:  # a damaged tensor
+                raise ModelError(f"model '{self.name}': {error}") from None
+        engine = self._exact_engines[key]
+        engine.set_threads(threads)  # results do not depend on it
+        return engine
 
     def exact_unsupported(self) -> str | None:
         """None when the exact engine covers this model, else why not."""
-        if self.source in ("builtin", "native", "gguf"):
+        if self.architecture in ("gpt", "llama-gguf"):
             return None
-        from ..engine.exact_llama import llama_support
+        from ..engine.llama import llama_support
 
         return llama_support(self.backend.config)
 

@@ -1,6 +1,6 @@
 """The exact engine for the Llama architecture: RMSNorm, rotary positions, SwiGLU, grouped-query attention.
 
-The same principle as the native engine (exact.py): every number on the run-time path is an
+The same principle as the native engine (gpt.py, integer.py): every number on the run-time path is an
 integer, matrix products run on float64 BLAS with operands small enough that every partial sum is
 exact, and every constant is derived from the float32 weights with IEEE operations and integer
 arithmetic only. What differs is where the numbers come from: Llama models (SmolLM2, TinyLlama,
@@ -28,25 +28,25 @@ import math
 import numpy as np
 import torch
 
-from .exact import (
+from .exact import ExactEngine
+from .integer import (
+    ATTENTION_EXP_BITS,
     LOGIT_FRACTION_BITS,
     NORM_FRACTION_BITS,
     OUTPUT_EXP_BITS,
     RESIDUAL_BITS,
     ROW_TOTAL_BITS,
-    ATTENTION_EXP_BITS,
-    ExactEngine,
     IntegerRMSNorm,
-    _QuantisedLinear,
-    _lookup,
-    _positive,
-    _residual_units,
+    QuantisedLinear,
     bit_length,
     exp_table,
     fixed_point,
     integer_attention,
     integer_rows,
+    lookup,
+    positive_bounds,
     requantise,
+    residual_units,
     round_divide,
 )
 
@@ -143,7 +143,7 @@ def sigmoid_table() -> list[int]:
     return negative + positive
 
 
-def _norm_bounds(linear: _QuantisedLinear, dim: int, unit: int) -> np.ndarray:
+def _norm_bounds(linear: QuantisedLinear, dim: int, unit: int) -> np.ndarray:
     """Largest |y @ weight.T| per output row for a normalised row y (norm <= sqrt(dim) * unit, each
     entry rounded by at most one unit): Cauchy–Schwarz, in Python integers."""
     weight = linear.transposed.cpu().numpy().T.astype(np.int64)  # integers held exactly in float64
@@ -192,13 +192,13 @@ class _LlamaBlock:
 
         # One product for q, k and v (rows: Hq*D, Hkv*D, Hkv*D), the norm's gain folded in.
         qkv_weight = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
-        self.qkv = _QuantisedLinear(_folded(qkv_weight, gain1), device, WEIGHT_LIMIT, keep_values=False)
+        self.qkv = QuantisedLinear(_folded(qkv_weight, gain1), device, WEIGHT_LIMIT, keep_values=False)
         unit = self.norm1.unit
         real = _norm_bounds(self.qkv, C, unit) * self.qkv.scales / unit
         q_real, k_real, v_real = np.split(real, [Hq * D, (Hq + Hkv) * D])
-        q_scales = _positive(q_real.reshape(Hq, D).max(axis=1)) / QK_LIMIT
-        k_scales = _positive(k_real.reshape(Hkv, D).max(axis=1)) / QK_LIMIT
-        v_scales = _positive(v_real.reshape(Hkv, D).max(axis=1)) / VALUE_LIMIT
+        q_scales = positive_bounds(q_real.reshape(Hq, D).max(axis=1)) / QK_LIMIT
+        k_scales = positive_bounds(k_real.reshape(Hkv, D).max(axis=1)) / QK_LIMIT
+        v_scales = positive_bounds(v_real.reshape(Hkv, D).max(axis=1)) / VALUE_LIMIT
         self.limits = torch.tensor(np.repeat([QK_LIMIT] * (Hq + Hkv) + [VALUE_LIMIT] * Hkv, D), device=device)
         output_scales = np.repeat(np.concatenate([q_scales, k_scales, v_scales]), D)
         self.qkv_scale = fixed_point(self.qkv.scales / unit / output_scales, C * NORM_LIMIT * WEIGHT_LIMIT, device)
@@ -208,7 +208,7 @@ class _LlamaBlock:
         score_ratios = q_scales * np.repeat(k_scales, group) / math.sqrt(D) * float(2**LOGIT_FRACTION_BITS)
         self.score_scale = fixed_point(score_ratios, D * ROTATED_LIMIT**2, device).view(1, Hq, 1, 1)
         # The attention output is in v's units per kv head; o_proj takes those scales into its columns.
-        self.o_proj = _QuantisedLinear(
+        self.o_proj = QuantisedLinear(
             _folded(attention.o_proj.weight, np.repeat(np.repeat(v_scales, group), D)), device, WEIGHT_LIMIT,
             keep_values=False,
         )
@@ -217,16 +217,16 @@ class _LlamaBlock:
         # SwiGLU: gate and up per channel; silu(gate) * up scaled per row; down takes the channel
         # scales into its columns.
         hidden = mlp.gate_proj.weight.shape[0]
-        self.gate_up = _QuantisedLinear(_folded(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), gain2),
+        self.gate_up = QuantisedLinear(_folded(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), gain2),
                                         device, WEIGHT_LIMIT, keep_values=False)
         unit = self.norm2.unit
         real = _norm_bounds(self.gate_up, C, unit) * self.gate_up.scales / unit
-        channel_scales = _positive(real) / VALUE_LIMIT
+        channel_scales = positive_bounds(real) / VALUE_LIMIT
         gate_scales, up_scales = channel_scales[:hidden], channel_scales[hidden:]
         self.gate_up_scale = fixed_point(self.gate_up.scales / unit / channel_scales, C * NORM_LIMIT * WEIGHT_LIMIT, device)
         self.sigmoid_index = fixed_point(gate_scales * float(2**SIGMOID_FRACTION_BITS), VALUE_LIMIT, device)
         self.hidden = hidden
-        self.down = _QuantisedLinear(_folded(mlp.down_proj.weight, gate_scales * up_scales), device, WEIGHT_LIMIT,
+        self.down = QuantisedLinear(_folded(mlp.down_proj.weight, gate_scales * up_scales), device, WEIGHT_LIMIT,
                                      keep_values=False)
         self.down_scale = fixed_point(self.down.scales / residual_scale, hidden * HIDDEN_LIMIT * WEIGHT_LIMIT, device)
 
@@ -259,7 +259,7 @@ class _LlamaBlock:
                              in_place=True)
         gate, up = gate_up.split(self.hidden, dim=-1)
         index = requantise(gate, self.sigmoid_index).clamp_(-tables.sigmoid_middle, tables.sigmoid_middle)
-        sigmoid = _lookup(tables.sigmoid, index.add_(tables.sigmoid_middle))
+        sigmoid = lookup(tables.sigmoid, index.add_(tables.sigmoid_middle))
         silu = (gate * sigmoid + (1 << (SIGMOID_BITS - 1))) >> SIGMOID_BITS  # in gate units, |silu| <= 2**20
         product = silu.mul_(up)  # < 2**40
         # Per row: shift right until the row's peak fits HIDDEN_LIMIT, and shift the result back.
@@ -298,7 +298,7 @@ class ExactLlamaEngine(ExactEngine):
         embedding = model.get_input_embeddings().weight.detach().to(torch.float32).cpu()
         self.residual_scale = (float(embedding.abs().max()) or 1.0) / 2**RESIDUAL_BITS
         # Entries are at most 2**20 units: int32 halves the largest table of the engine.
-        self.token_embedding = _residual_units(embedding, self.residual_scale, self.device).to(torch.int32)
+        self.token_embedding = residual_units(embedding, self.residual_scale, self.device).to(torch.int32)
         self.blocks = [_LlamaBlock(layer, config, self.residual_scale, self.device) for layer in model.model.layers]
         first = self.blocks[0]
         self.cache_heads, self.cache_head_dim = first.kv_heads, first.head_dim
@@ -308,7 +308,7 @@ class ExactLlamaEngine(ExactEngine):
         final_norm = model.model.norm
         self.norm_f = _UnitRMSNorm(config.hidden_size, final_norm.variance_epsilon, self.residual_scale, self.device)
         gain = final_norm.weight.detach().cpu().to(torch.float64).numpy()
-        self.head = _QuantisedLinear(_folded(model.get_output_embeddings().weight, gain), self.device, WEIGHT_LIMIT,
+        self.head = QuantisedLinear(_folded(model.get_output_embeddings().weight, gain), self.device, WEIGHT_LIMIT,
                                      keep_values=False)
         self.logit_scale = fixed_point(
             self.head.scales / self.norm_f.unit * float(2**LOGIT_FRACTION_BITS),
