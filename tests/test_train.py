@@ -90,3 +90,19 @@ def test_time_budget_ends_the_run_and_still_writes_a_model(corpus, tmp_path):
     log = json.loads((tmp_path / "model.train" / "prequential.json").read_text())
     assert 0 < len(log["steps"]) < 100000
     assert load_gpt(output).config.vocab_size <= 300
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["missing-folder", "-o", "{out}"], "training input 'missing-folder' does not exist"),
+    (["{corpus}", "-o", "{out}", "--n-embd", "30", "--n-head", "4"], "must be a multiple of --n-head"),
+    (["{corpus}", "-o", "{out}", "--resume"], "nothing to resume"),
+    (["{corpus}", "-o", "{out}", "--context-length", "1"], "--context-length must be at least 2"),
+])
+def test_train_errors_are_one_line(corpus, tmp_path, capsys, arguments, message):
+    from llmzip import cli
+
+    argv = [argument.format(corpus=corpus, out=tmp_path / "model") for argument in arguments]
+    assert cli.main(["train", *argv]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert error.strip().count("\n") == 0

@@ -27,3 +27,7 @@ class EngineMismatchError(LLMZipError):
 
 class TokenizationError(LLMZipError):
     """A tokenizer cannot represent some bytes exactly (the chunk is then stored raw)."""
+
+
+class TrainingError(LLMZipError):
+    """A training run cannot start or continue: bad options, missing inputs, a mismatched work folder."""
