@@ -46,7 +46,8 @@ def measure_file(compressor: llmzip.Compressor, decompressor: llmzip.Decompresso
         "cross_entropy_bits": summary.model_bits,
         "payload_bits": payload_bits,
         "overhead_percent": 100 * overhead_bits / summary.model_bits if summary.model_bits else 0.0,
-        "overhead_beyond_flush_percent": 100 * (overhead_bits - CODER_FLUSH_BITS * chunks) / summary.model_bits if summary.model_bits else 0.0,
+        "overhead_beyond_flush_percent": 100 * (overhead_bits - CODER_FLUSH_BITS * chunks) / summary.model_bits
+                                         if summary.model_bits else 0.0,
         "overhead_bits_per_chunk": overhead_bits / chunks if chunks else 0.0,
         "model_chunks": chunks,
         "compress_bytes_per_second": len(data) / compress_seconds,
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                                    xz_fallback=False)
     decompressor = llmzip.Decompressor(model=args.model, device=args.device)
     device = device_description(str(compressor.engine.settings.get("device", args.device or "cpu")))
-    print(f"model {compressor.model.name} ({compressor.model.parameters:,} parameters), engine {compressor.engine.settings['kind']}, "
+    print(f"model {compressor.model.name} ({compressor.model.parameters:,} parameters), "
+          f"engine {compressor.engine.settings['kind']}, "
           f"device {device}, chunk {compressor.chunk_tokens} tokens, batch {args.batch_size}")
     header = (f"{'file':<18} {'raw':>9} {'llmzip':>9} {'bpb':>6} {'CE bpb':>6} {'overhead':>9} {'beyond flush':>12} "
               f"{'bits/chunk':>10} {'comp B/s':>9} {'dec B/s':>9} {'xz -9':>9} {'zstd -19':>9}")

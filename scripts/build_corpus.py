@@ -160,7 +160,8 @@ def shingle_hashes(data: bytes) -> np.ndarray:
             distinct |= np.uint64(1) << (column & np.uint64(63))
     # Runs of one or two characters (rules, padding, zeros) say nothing about shared text.
     bits = np.array([bin(int(value)).count("1") for value in range(256)], dtype=np.uint8)
-    popcount = sum(bits[((distinct >> np.uint64(8 * k)) & np.uint64(255)).astype(np.int64)].astype(np.int64) for k in range(8))
+    popcount = sum(bits[((distinct >> np.uint64(8 * k)) & np.uint64(255)).astype(np.int64)].astype(np.int64)
+                   for k in range(8))
     return hashes[popcount >= 6]
 
 
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 if hits >= MIN_HITS_TO_DROP and share >= MIN_SHARE_TO_DROP:
                     dropped_bytes += len(piece)
                     dropped_segments += 1
-                    dropped_labels.append(f"{label} segment {number} ({len(piece):,} B, {hits} shared shingles = {share:.1%})")
+                    dropped_labels.append(f"{label} segment {number} ({len(piece):,} B, "
+                                          f"{hits} shared shingles = {share:.1%})")
                     continue
                 single_hit_segments += hits > 0
                 kept += piece
@@ -245,14 +247,17 @@ def main(argv: list[str] | None = None) -> int:
         digest.update(bytes(kept))
         total_kept += len(kept)
         total_dropped += dropped_bytes
-        rows.append((shard.name, len(source.documents), len(kept), all_segments, dropped_segments, dropped_bytes, single_hit_segments))
-        print(f"  {shard.name}: {len(kept):,} bytes kept, {dropped_segments} of {all_segments} segments dropped", file=sys.stderr)
+        rows.append((shard.name, len(source.documents), len(kept), all_segments, dropped_segments, dropped_bytes,
+                     single_hit_segments))
+        print(f"  {shard.name}: {len(kept):,} bytes kept, {dropped_segments} of {all_segments} segments dropped",
+              file=sys.stderr)
 
     lines = [
         "# Training corpus report",
         "",
         f"Built by scripts/build_corpus.py. Shards in data/corpus/, concatenated SHA-256 `{digest.hexdigest()}`.",
-        f"Total kept: {total_kept:,} bytes ({total_kept / 2**20:.1f} MiB); dropped for overlap with bench/: {total_dropped:,} bytes.",
+        f"Total kept: {total_kept:,} bytes ({total_kept / 2**20:.1f} MiB); "
+        f"dropped for overlap with bench/: {total_dropped:,} bytes.",
         "",
         "| shard | documents | bytes kept | segments | dropped | bytes dropped | kept segments sharing a shingle |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -263,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Overlap check",
         f"{len(bench_names)} bench files hashed. Shingles: {SHINGLE_BYTES} bytes at content-defined anchors "
-        f"(1 in {ANCHOR_MODULUS} positions), at least 6 distinct byte values; shingles seen more than twice in bench are "
-        f"boilerplate and ignored. Training text is cut into ~{SEGMENT_BYTES // 1024} KiB segments at line ends; a segment "
-        f"sharing {MIN_HITS_TO_DROP} or more shingles with bench, and at least {MIN_SHARE_TO_DROP:.0%} of its shingles, is dropped "
+        f"(1 in {ANCHOR_MODULUS} positions), at least 6 distinct byte values; shingles seen more than twice in "
+        f"bench are boilerplate and ignored. Training text is cut into ~{SEGMENT_BYTES // 1024} KiB segments at "
+        f"line ends; a segment sharing {MIN_HITS_TO_DROP} or more shingles with bench, and at least "
+        f"{MIN_SHARE_TO_DROP:.0%} of its shingles, is dropped "
         "(below that the shared shingles are licence headers and wiki metadata such as <contributor> blocks).",
         "",
         "Dropped segments:" if dropped_labels else "No segment was dropped.",

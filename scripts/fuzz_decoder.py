@@ -172,7 +172,8 @@ def mutate_json_field(data: bytearray, rng: random.Random) -> bytearray:
         size = rng.choice([value for value in INTERESTING_VALUES if isinstance(value, int) and 0 <= value < 2**63])
         return data[:5] + container._varint(size) + data[size_end:]
     length, start = container._read_varint(data, position + 1, "model record")
-    record = json.loads(container._inflate(bytes(data[start : start + length]), "model record", container.FORMAT_VERSION))
+    record = json.loads(container._inflate(bytes(data[start : start + length]), "model record",
+                                           container.FORMAT_VERSION))
     paths = [(key,) for key in record] + [(key, inner) for key, value in record.items() if isinstance(value, dict)
                                           for inner in value]
     path = rng.choice(paths)
@@ -213,7 +214,8 @@ def mutate(seeds, rng: random.Random) -> tuple[str, int, bytes]:
     elif kind == "truncate":
         del data[rng.randrange(len(data)) :]
     elif kind == "concatenate":
-        data += rng.choice(seeds)[2] if rng.random() < 0.7 else bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        data += (rng.choice(seeds)[2] if rng.random() < 0.7
+                 else bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))))
     elif kind == "splice":
         other = rng.choice(seeds)[2]
         data = data[: rng.randrange(len(data))] + other[rng.randrange(len(other)) :]
@@ -387,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=20.0, help="CPU seconds one input may take")
     parser.add_argument("--memory-limit-mb", type=float, default=2048, help="peak RSS growth that counts as a finding")
     parser.add_argument("--findings", type=Path, default=Path("fuzz-findings"), help="where failing inputs are saved")
-    parser.add_argument("--no-memo", dest="memo", action="store_false", help="run the model for every model-coded group")
+    parser.add_argument("--no-memo", dest="memo", action="store_false",
+                        help="run the model for every model-coded group")
     parser.add_argument("--report", type=Path, help="write the summary as JSON here too")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:

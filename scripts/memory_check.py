@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="native model directory (default: build a tiny random one)")
     parser.add_argument("--scratch", type=Path, help="where inputs are generated (default: a temporary directory)")
     parser.add_argument("--model-only", action="store_true",
-                        help="no xz fallback for text, so decompression runs the model too (a random tiny model loses to xz)")
+                        help="no xz fallback for text, so decompression runs the model too "
+                             "(a random tiny model loses to xz)")
     parser.add_argument("--report", type=Path, help="append each case as a JSON line here too")
     args = parser.parse_args(argv)
     if not shutil.which("/usr/bin/time"):

@@ -35,13 +35,15 @@ from llmzip.api import MAX_CHUNK_TOKENS
 
 def parse_arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="built-in model name, native model directory, Hugging Face directory or GGUF file")
+    parser.add_argument("model",
+                        help="built-in model name, native model directory, Hugging Face directory or GGUF file")
     parser.add_argument("text", type=Path, help="UTF-8 text file to tokenise")
     parser.add_argument("--positions", type=int, default=50_000, help="positions to compare (default 50000)")
     parser.add_argument("--incremental-positions", type=int, default=None,
                         help="positions to decode incrementally (default: all of them)")
     parser.add_argument("--chunk-tokens", type=int, default=None,
-                        help="tokens per chunk (default: as compression, the context less one, at most %d)" % MAX_CHUNK_TOKENS)
+                        help="tokens per chunk (default: as compression, the context less one, "
+                             "at most %d)" % MAX_CHUNK_TOKENS)
     parser.add_argument("--batch-size", type=int, default=64, help="chunks per incremental session (default 64)")
     parser.add_argument("--round-trip-bytes", type=int, default=100_000,
                         help="bytes of the text compressed on one device and decoded on the other (default 100000)")
@@ -136,7 +138,8 @@ def cross_round_trip(model_name: str, data: bytes, chunk_tokens: int, settings: 
         packed = llmzip.compress(data, model=model_name, engine="exact", device=device, chunk_tokens=chunk_tokens,
                                  xz_fallback=False)
         seconds = time.perf_counter() - began
-        print(f"compressed on {name}: {len(data)} -> {len(packed)} bytes ({8 * len(packed) / len(data):.4f} bits/byte), "
+        print(f"compressed on {name}: {len(data)} -> {len(packed)} bytes "
+              f"({8 * len(packed) / len(data):.4f} bits/byte), "
               f"{rate(len(data), seconds)}")
         for other_name, other_device, other_threads in settings:
             if other_name == name:
@@ -164,7 +167,8 @@ def main(argv=None) -> int:
     if arguments.incremental_positions is not None:
         incremental_chunks = chunks[: max(1, math.ceil(arguments.incremental_positions / chunk_length))]
     use_cuda = torch.cuda.is_available() and not arguments.cpu_only
-    print(f"model: {arguments.model} ({loaded.source}, {loaded.parameters:,} parameters, context {loaded.context_length}, "
+    print(f"model: {arguments.model} ({loaded.source}, {loaded.parameters:,} parameters, "
+          f"context {loaded.context_length}, "
           f"chunks of {chunk_length} tokens)")
     print(f"text: {arguments.text}: {sum(map(len, chunks))} positions in {len(chunks)} chunks, {covered_bytes} bytes")
     print(f"torch {torch.__version__}; CPU: {cpu_name()}, {torch.get_num_threads()} threads")
@@ -223,7 +227,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads)
 
     exact = coded_bits(chunks, reference) / max(1, covered_bytes)
-    ideal = float_bits(loaded.float_backend(), chunks, start_token, "cuda" if use_cuda else "cpu") / max(1, covered_bytes)
+    ideal = (float_bits(loaded.float_backend(), chunks, start_token, "cuda" if use_cuda else "cpu")
+             / max(1, covered_bytes))
     print(f"bits per byte: exact engine {exact:.4f} (coded), float model {ideal:.4f} (ideal), "
           f"difference {exact - ideal:+.4f}")
     print("RESULT:", "all rows identical, every file decoded" if mismatches == 0

@@ -44,7 +44,8 @@ def make_model_directory(directory: Path, *, seed: int = 0, context_length: int 
     config = GPTConfig(vocab_size=320, context_length=context_length, n_layer=2, n_head=2, n_embd=n_embd)
     model = GPT(config)
     tokens = Tokenizer.from_str(tokenizer_json).encode(SAMPLE_TEXT * 4).ids
-    windows = torch.tensor([[0] + tokens[start : start + context_length - 1] for start in range(0, len(tokens) - context_length, 7)])
+    windows = torch.tensor([[0] + tokens[start : start + context_length - 1]
+                            for start in range(0, len(tokens) - context_length, 7)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: more threads only wait on each other, badly so on a busy machine

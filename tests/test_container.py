@@ -17,7 +17,8 @@ def sample_stream() -> bytes:
     stream = io.BytesIO()
     container.write_header(stream, {"content_size": 5})
     container.write_model_record(stream, {"chunk_tokens": 8, "batch_size": 2})
-    container.write_group(stream, [ChunkRecord(CHUNK_STORED, 2, 0, 123, b"ab"), ChunkRecord(CHUNK_MODEL, 3, 2, 456, b"\0\0\0\1")])
+    container.write_group(stream, [ChunkRecord(CHUNK_STORED, 2, 0, 123, b"ab"),
+                                   ChunkRecord(CHUNK_MODEL, 3, 2, 456, b"\0\0\0\1")])
     container.write_end(stream, EndRecord(5, b"\x11" * 32))
     return stream.getvalue()
 
@@ -31,7 +32,8 @@ def version_1_stream() -> bytes:
     deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
     settings = deflate.compress(b'{"batch_size":2,"chunk_tokens":8}') + deflate.flush()
     group = io.BytesIO()
-    container.write_group(group, [ChunkRecord(CHUNK_STORED, 2, 0, 123, b"ab"), ChunkRecord(CHUNK_MODEL, 3, 2, 456, b"\0\0\0\1")])
+    container.write_group(group, [ChunkRecord(CHUNK_STORED, 2, 0, 123, b"ab"),
+                                  ChunkRecord(CHUNK_MODEL, 3, 2, 456, b"\0\0\0\1")])
     return (with_crc(b"LLMZ\x01" + struct.pack("<I", len(header_json)) + header_json)
             + with_crc(b"M" + struct.pack("<I", len(settings)) + settings)
             + group.getvalue()
@@ -79,7 +81,8 @@ def test_record_dictionary_never_changes():
     # Files of format version 2 need these exact bytes to read their model records.
     from llmzip.record_dictionary import RECORD_DICTIONARY
 
-    assert hashlib.sha256(RECORD_DICTIONARY).hexdigest() == "dc7a1bc75253b58468e0313cb8b3fa7c4c44f41fefe12fe46db1900ad21913a3"
+    assert (hashlib.sha256(RECORD_DICTIONARY).hexdigest()
+            == "dc7a1bc75253b58468e0313cb8b3fa7c4c44f41fefe12fe46db1900ad21913a3")
 
 
 def _dictionary_records() -> list[dict]:

@@ -134,7 +134,8 @@ def test_sigmoid_table():
     table = sigmoid_table()
     steps = SIGMOID_RANGE << SIGMOID_FRACTION_BITS
     assert len(table) == 2 * steps + 1
-    expected = [round(2**SIGMOID_BITS / (1 + math.exp(-i / 2**SIGMOID_FRACTION_BITS))) for i in range(-steps, steps + 1)]
+    expected = [round(2**SIGMOID_BITS / (1 + math.exp(-i / 2**SIGMOID_FRACTION_BITS)))
+                for i in range(-steps, steps + 1)]
     assert max(abs(a - b) for a, b in zip(table, expected)) <= 1
     assert table[steps] == 2 ** (SIGMOID_BITS - 1)
     assert all(a <= b for a, b in zip(table, table[1:]))
@@ -167,9 +168,10 @@ def test_unsupported_configs_are_named():
 def llama_directory(tmp_path_factory):
     """A Hugging Face directory: a Llama briefly fitted to the tests' sample text, with their tokenizer."""
     import torch.nn.functional as F
-    from conftest import SAMPLE_TEXT, train_tokenizer
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from conftest import SAMPLE_TEXT, train_tokenizer
 
     tokenizer_json = train_tokenizer(VOCAB)
     tokens = Tokenizer.from_str(tokenizer_json).encode(SAMPLE_TEXT * 4).ids
@@ -197,7 +199,6 @@ def llama_directory(tmp_path_factory):
 
 def test_huggingface_llama_round_trip_is_exact_by_default(llama_directory):
     import llmzip
-
     from conftest import SAMPLE_TEXT
 
     data = SAMPLE_TEXT.encode() * 6 + bytes(range(0, 256, 7))

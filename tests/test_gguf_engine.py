@@ -6,11 +6,10 @@ import pytest
 import torch
 
 import llmzip
+from conftest import make_gguf_llama
 from llmzip.engine import gguf_llama
 from llmzip.engine.gguf_llama import ExactGGUFLlamaEngine, GGUFLlama, QuantisedMatrix, _Products
 from llmzip.errors import ModelError
-
-from conftest import make_gguf_llama
 
 pytestmark = pytest.mark.skipif(not gguf_llama.kernels_available(), reason="compiled kernels not built")
 
@@ -185,6 +184,7 @@ def test_decoder_cuts_a_group_to_the_cache_budget(gguf_llama, monkeypatch):
     monkeypatch.setattr(codec, "LOCKSTEP_CACHE_BYTES", 3 * engine.cache_bytes(12))
     batches = []
     start = type(engine).start
-    monkeypatch.setattr(type(engine), "start", lambda self, batch_size: batches.append(batch_size) or start(self, batch_size))
+    monkeypatch.setattr(type(engine), "start",
+                        lambda self, batch_size: batches.append(batch_size) or start(self, batch_size))
     assert llmzip.decompress(packed, model=gguf_llama) == data
     assert max(batches) <= 3 < sum(batches)  # without the cut, a group of 8 would decode at once

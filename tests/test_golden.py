@@ -25,7 +25,8 @@ def test_golden_file_decodes(name, version):
 def test_compression_reproduces_golden_file(name):
     data = (GOLDEN / f"{name}.bin").read_bytes()
     packed = llmzip.compress(data, model=MODEL, engine="exact", device="cpu", batch_size=4, xz_fallback=False)
-    assert packed == (GOLDEN / f"{name}.v2.llmz").read_bytes(), "the bitstream changed: a format change needs a new version"
+    assert packed == (GOLDEN / f"{name}.v2.llmz").read_bytes(), ("the bitstream changed: "
+                                                                  "a format change needs a new version")
 
 
 @pytest.mark.parametrize("version", ["", ".v2"])

@@ -4,7 +4,6 @@ wrong models are named, and concurrent use does not interfere. See RELIABILITY.m
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -155,7 +154,8 @@ def _interrupt(process, directory: Path, signal_number, minimum_size: int, delay
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_compression_leaves_no_partial_output(tiny_model, tmp_path, signal_number):
-    text = " ".join(fuzz_decoder.WORDS[index * 7 % len(fuzz_decoder.WORDS)] for index in range(40000)).encode()[:200_000]
+    text = " ".join(fuzz_decoder.WORDS[index * 7 % len(fuzz_decoder.WORDS)]
+                    for index in range(40000)).encode()[:200_000]
     (tmp_path / "input.txt").write_bytes(text)
     process = subprocess.Popen(_llmzip_command("-m", tiny_model, "--engine", "float", "-T", "1", "input.txt"),
                                cwd=tmp_path, env=_cli_environment(), stdin=subprocess.DEVNULL,

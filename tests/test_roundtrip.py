@@ -17,7 +17,8 @@ def exact_engine_available() -> bool:
     return True
 
 
-ENGINES = ["float", pytest.param("exact", marks=pytest.mark.skipif(not exact_engine_available(), reason="exact engine not built"))]
+ENGINES = ["float", pytest.param("exact", marks=pytest.mark.skipif(not exact_engine_available(),
+                                                                   reason="exact engine not built"))]
 
 CASES = {
     "empty": b"",

@@ -95,8 +95,8 @@ def test_two_runs_onto_one_output_one_wins_the_other_refuses(tmp_path):
     inputs = {"first.bin": BINARY, "second.bin": BINARY[::-1]}
     for name, data in inputs.items():
         (tmp_path / name).write_bytes(data)
-    processes = [subprocess.Popen(_command("-q", "-m", MODEL, "-o", "same.llmz", name), cwd=tmp_path, env=_environment(),
-                                  stderr=subprocess.PIPE) for name in inputs]
+    processes = [subprocess.Popen(_command("-q", "-m", MODEL, "-o", "same.llmz", name), cwd=tmp_path,
+                                  env=_environment(), stderr=subprocess.PIPE) for name in inputs]
     results = [(process.wait(timeout=120), process.stderr.read().decode()) for process in processes]
     assert sorted(status for status, _ in results) == [0, 1], results
     assert "already exists" in next(message for status, message in results if status == 1)
@@ -150,7 +150,8 @@ def test_output_onto_a_symbolic_link_writes_its_target(text_file, tmp_path, caps
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_a_new_file_from_stdin_honours_the_umask(tmp_path, umask):
     packed = llmzip.compress(BINARY, model=MODEL)
-    for argv, data, name in ((["-o", "packed.llmz"], BINARY, "packed.llmz"), (["-d", "-o", "plain.bin"], packed, "plain.bin")):
+    for argv, data, name in ((["-o", "packed.llmz"], BINARY, "packed.llmz"),
+                             (["-d", "-o", "plain.bin"], packed, "plain.bin")):
         result = subprocess.run(_command("-q", "-m", MODEL, *argv), cwd=tmp_path, env=_environment(), input=data,
                                 capture_output=True, timeout=120, preexec_fn=lambda: os.umask(umask))
         assert result.returncode == 0, result.stderr.decode()

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmzip.models.gpt import load_gpt
-from llmzip.train import fake_quantise_per_channel, main, train_tokenizer, token_byte_lengths
+from llmzip.train import fake_quantise_per_channel, main, token_byte_lengths, train_tokenizer
 
 TEXT_WORDS = "the quick brown fox jumps over a lazy dog while data compresses into fewer bits 你好 世界 压缩".split()
 TINY = ["--vocab-size", "300", "--context-length", "16", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",

@@ -8,8 +8,8 @@ pure function of the float64 row, so encoder and decoder agree whenever their ro
 
 from __future__ import annotations
 
-import numpy as np
 import constriction
+import numpy as np
 
 from .errors import CorruptError
 

@@ -22,7 +22,8 @@ _INVALID_UTF8_RUN = re.compile("[\udc80-\udcff]+")
 @lru_cache(maxsize=1)
 def byte_level_alphabet() -> dict[str, int]:
     """GPT-2's reversible byte <-> printable character map, as character -> byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     codes = printable[:]
     shift = 0
     for byte in range(256):

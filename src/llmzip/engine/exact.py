@@ -113,7 +113,8 @@ class _Cache:
 
     def __call__(self, new: torch.Tensor) -> torch.Tensor:
         if self.position >= self.store.shape[2]:  # grow by doubling, up to the context
-            grown = self.store.new_zeros(*self.store.shape[:2], min(self.length, 2 * self.store.shape[2]), self.store.shape[3])
+            grown = self.store.new_zeros(*self.store.shape[:2], min(self.length, 2 * self.store.shape[2]),
+                                         self.store.shape[3])
             grown[:, :, : self.store.shape[2]] = self.store
             self.store = grown
         self.store[:, :, self.position : self.position + 1] = new

@@ -59,8 +59,10 @@ class FloatEngine:
 
     def check_machine(self, recorded: dict) -> None:
         """Refuse to decode where this machine would compute other floats than the encoder did."""
-        here = {"kind": "float", "batch_size": recorded.get("batch_size"), **machine_settings(str(self.device), recorded.get("threads", 0))}
-        differing = [f"{key} {recorded.get(key)!r} here {here.get(key)!r}" for key in sorted(set(recorded) | set(here)) if recorded.get(key) != here.get(key)]
+        here = {"kind": "float", "batch_size": recorded.get("batch_size"),
+                **machine_settings(str(self.device), recorded.get("threads", 0))}
+        differing = [f"{key} {recorded.get(key)!r} here {here.get(key)!r}" for key in sorted(set(recorded) | set(here))
+                     if recorded.get(key) != here.get(key)]
         if differing:
             raise EngineMismatchError(
                 "this file was made with the float engine on another kind of machine and cannot be decoded "

@@ -135,7 +135,8 @@ def _rms_norm_reference(x: torch.Tensor, norm: _NormConstants) -> tuple[torch.Te
     eps = torch.where(eps_shift >= 0,
                       torch.where(norm.eps_fixed.bit_length() + eps_shift > 61, torch.full_like(eps_shift, 2**61),
                                   eps_fixed << eps_shift.clamp(0, 62)),
-                      torch.where(-eps_shift >= 63, torch.zeros_like(eps_shift), eps_fixed >> (-eps_shift).clamp(0, 62)))
+                      torch.where(-eps_shift >= 63, torch.zeros_like(eps_shift),
+                                  eps_fixed >> (-eps_shift).clamp(0, 62)))
     root = integer_sqrt((rescaled * rescaled).sum(-1, keepdim=True) + eps).clamp(min=1)
     y = round_divide(rescaled * norm.gain * norm.numerator, root << NORM_FRACTION_BITS)
     return _int16_rows(y, norm.gain_exponent)
@@ -146,7 +147,8 @@ def _rotate_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     first, second = x[..., 0::2], x[..., 1::2]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     rounding = 1 << (ROPE_BITS - 1)
-    turned = [(first * cos - second * sin + rounding) >> ROPE_BITS, (second * cos + first * sin + rounding) >> ROPE_BITS]
+    turned = [(first * cos - second * sin + rounding) >> ROPE_BITS,
+              (second * cos + first * sin + rounding) >> ROPE_BITS]
     return torch.stack(turned, dim=-1).flatten(-2)
 
 
@@ -243,7 +245,8 @@ class QuantisedMatrix:
                                   np.concatenate([m.exponents for m in matrices]), matrices[0].signed)
         stacked.output_shift = np.concatenate([m.output_shift for m in matrices])
         if any(m.limits is not None for m in matrices):
-            stacked.limits = np.concatenate([np.full(m.rows, 2**62) if m.limits is None else m.limits for m in matrices])
+            stacked.limits = np.concatenate([np.full(m.rows, 2**62) if m.limits is None else m.limits
+                                             for m in matrices])
         return stacked
 
     def total_exponent(self) -> np.ndarray:
@@ -288,7 +291,8 @@ class QuantisedMatrix:
             if self.minimums is not None:
                 weight += torch.from_numpy(self.minimums.astype(np.int64))[:, :, None]
             self.weight_peak = int(weight.abs().max()) if weight.numel() else 0
-            self._reference_weight[key] = weight.view(self.rows, self.inputs).to(torch.float64).T.contiguous().to(device)
+            self._reference_weight[key] = (weight.view(self.rows, self.inputs).to(torch.float64).T.contiguous()
+                                           .to(device))
         return self._reference_weight[key]
 
 
@@ -323,7 +327,8 @@ class _Products:
             return out
         weight = matrix.reference_weight(x.device)
         total = exact_matmul(x.to(torch.int64), weight, 2**INPUT_BITS, max(1, matrix.weight_peak))
-        shift = torch.from_numpy(row_exponent.astype(np.int64)).to(x.device)[None, :] + exponent.to(torch.int64)[:, None]
+        shift = (torch.from_numpy(row_exponent.astype(np.int64)).to(x.device)[None, :]
+                 + exponent.to(torch.int64)[:, None])
         value = round_shift(total, shift)
         if matrix.limits is not None:
             limits = torch.from_numpy(matrix.limits).to(x.device)
@@ -438,7 +443,8 @@ class GGUFLlama:
             if is_matrix and kind not in self.MATRIX_TYPES or not is_matrix and kind != "F32":
                 raise NotCovered(f"tensor {name} is {kind} (matrices must be {', '.join(self.MATRIX_TYPES)}, "
                                  "vectors F32)")
-        expected = {"token_embd.weight": (self.shape.dim, self.shape.vocab_size), "output_norm.weight": (self.shape.dim,)}
+        expected = {"token_embd.weight": (self.shape.dim, self.shape.vocab_size),
+                    "output_norm.weight": (self.shape.dim,)}
         for layer in range(self.shape.layers):
             name = f"blk.{layer}."
             C, H, D, Hkv = self.shape.dim, self.shape.hidden, self.shape.head_dim, self.shape.kv_heads
@@ -457,7 +463,8 @@ class GGUFLlama:
                 raise ValueError(f"tensor {name} is missing")
             if tuple(int(n) for n in self.tensors[name].shape) != shape:
                 raise ValueError(f"tensor {name} has shape {list(self.tensors[name].shape)}, expected {list(shape)}")
-        if "output.weight" in self.tensors and tuple(int(n) for n in self.tensors["output.weight"].shape) != expected["token_embd.weight"]:
+        if ("output.weight" in self.tensors
+                and tuple(int(n) for n in self.tensors["output.weight"].shape) != expected["token_embd.weight"]):
             raise ValueError("tensor output.weight has the wrong shape")
 
     def release(self) -> None:
@@ -537,7 +544,8 @@ class _Block:
         self.qkv = QuantisedMatrix.stack([q, k, v])
         self.split = (Hq * D, Hkv * D, Hkv * D)
         # Scores in 2**-LOGIT_FRACTION_BITS nats: q.k * 2**-(Fq + Fk) / sqrt(D), per key-value head.
-        ratios = [2.0 ** (LOGIT_FRACTION_BITS - fq - fk) / math.sqrt(D) for fq, fk in zip(self.q_exponents, self.k_exponents)]
+        ratios = [2.0 ** (LOGIT_FRACTION_BITS - fq - fk) / math.sqrt(D)
+                  for fq, fk in zip(self.q_exponents, self.k_exponents)]
         self.score_scale = fixed_point(ratios, D * ROTATED_BOUND**2, device).view(1, Hkv, 1, 1)
         self.score_multiplier = self.score_scale.multiplier.reshape(-1).cpu().numpy().copy()
         self.score_shift = self.score_scale.shift.reshape(-1).cpu().numpy().copy()
@@ -678,14 +686,16 @@ class ExactGGUFLlamaEngine(ExactEngine):
         self.residual_bits = int(max(0, -int(self.embedding.exponents.min())))
         self.embedding_codes = torch.from_numpy(self.embedding.natural_codes).to(self.device)  # int8
         self.embedding_scales = torch.from_numpy(self.embedding.scales.astype(np.int64)).to(self.device)
-        self.embedding_shift = torch.from_numpy((self.embedding.exponents + self.residual_bits).astype(np.int64)).to(self.device)
+        self.embedding_shift = torch.from_numpy(
+            (self.embedding.exponents + self.residual_bits).astype(np.int64)).to(self.device)
         if self.embedding.minimums is not None:
             raise ValueError("the token embedding must be Q8_0")
 
         self.blocks = [_Block(model, layer, self.residual_bits, self.device) for layer in range(shape.layers)]
         self.cache_heads, self.cache_head_dim = shape.kv_heads, shape.head_dim
         self.cos = self.sin = torch.zeros(0, shape.head_dim // 2, dtype=torch.int64, device=self.device)
-        self.norm_f = _norm_constants(model.vector("output_norm.weight"), shape.norm_eps, self.residual_bits, self.device)
+        self.norm_f = _norm_constants(model.vector("output_norm.weight"), shape.norm_eps, self.residual_bits,
+                                      self.device)
         self.head = model.matrix(model.output_name())
         self.head.output_shift = np.full(self.head.rows, LOGIT_FRACTION_BITS, dtype=np.int32)
         if self.products.compiled:  # the kernels read only their own layout

@@ -87,7 +87,8 @@ class GPTBlock:
         k and v are appended by the caller's session; otherwise attention is causal over x itself."""
         B, T, C = x.shape
         qkv = requantise(
-            self.qkv(self.norm1(x), ACTIVATION_LIMIT), self.qkv_scale, -ACTIVATION_LIMIT, ACTIVATION_LIMIT, in_place=True
+            self.qkv(self.norm1(x), ACTIVATION_LIMIT), self.qkv_scale, -ACTIVATION_LIMIT, ACTIVATION_LIMIT,
+            in_place=True,
         )
         q, k, v = qkv.view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
         if keys is not None:

@@ -223,7 +223,8 @@ class _LlamaBlock:
         real = _norm_bounds(self.gate_up, C, unit) * self.gate_up.scales / unit
         channel_scales = positive_bounds(real) / VALUE_LIMIT
         gate_scales, up_scales = channel_scales[:hidden], channel_scales[hidden:]
-        self.gate_up_scale = fixed_point(self.gate_up.scales / unit / channel_scales, C * NORM_LIMIT * WEIGHT_LIMIT, device)
+        self.gate_up_scale = fixed_point(self.gate_up.scales / unit / channel_scales, C * NORM_LIMIT * WEIGHT_LIMIT,
+                                         device)
         self.sigmoid_index = fixed_point(gate_scales * float(2**SIGMOID_FRACTION_BITS), VALUE_LIMIT, device)
         self.hidden = hidden
         self.down = QuantisedLinear(_folded(mlp.down_proj.weight, gate_scales * up_scales), device, WEIGHT_LIMIT,

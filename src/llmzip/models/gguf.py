@@ -57,7 +57,8 @@ def _tokenizer(model, path: Path):
     except ImportError:  # another transformers layout: let it read the file itself
         import transformers
 
-        loaded = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        loaded = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                            local_files_only=True)
         return loaded.backend_tokenizer
     fields = {}
     for key, name in GGUF_TOKENIZER_MAPPING["tokenizer"].items():

@@ -140,7 +140,8 @@ def save_model_directory(directory: Path, model: GPT, tokenizer_json: str, card:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    weights = {name: tensor.detach().to(torch.float32).contiguous().cpu() for name, tensor in model.state_dict().items()}
+    weights = {name: tensor.detach().to(torch.float32).contiguous().cpu()
+               for name, tensor in model.state_dict().items()}
     save_file(weights, str(directory / WEIGHTS_FILE))
     (directory / TOKENIZER_FILE).write_text(tokenizer_json)
     if card is not None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from ..errors import ModelError
 from . import LoadedModel, fingerprint_files
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                    "special_tokens_map.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
@@ -53,7 +54,9 @@ def model_files(path: Path) -> list[Path]:
     """The files whose bytes define the model: weights, config and tokenizer."""
     if path.is_file():
         return [path]
-    names = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _TOKENIZER_FILES or p.name == "config.json"))
+    names = sorted(p for p in path.iterdir()
+                   if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name in _TOKENIZER_FILES
+                                       or p.name == "config.json"))
     if not any(p.suffix in _WEIGHT_SUFFIXES for p in names):
         raise ModelError(f"{path} holds no model weights (.safetensors, .bin or .gguf)")
     return names

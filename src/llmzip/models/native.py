@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from .gpt import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_gpt
 from . import LoadedModel, fingerprint_files
+from .gpt import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_gpt
 
 START_TOKEN = 0  # "<|endoftext|>" opens every chunk
 

@@ -28,7 +28,6 @@ prequential code length and the model card).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .config import PRESETS, TrainConfig, add_train_arguments
 from .data import token_byte_lengths, train_tokenizer

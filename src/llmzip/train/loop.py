@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
-from ..models.gpt import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, GPT, GPTConfig, save_model_directory
+from ..models.gpt import CONFIG_FILE, GPT, TOKENIZER_FILE, WEIGHTS_FILE, GPTConfig, save_model_directory
 from .config import TrainConfig
 from .data import WindowPlan, corpus_files, log, make_batch, prepare_corpus
 from .report import Prequential, model_card
+
 
 def fake_quantise_per_channel(weight: torch.Tensor) -> torch.Tensor:
     """Round each row to symmetric int8 (scale = max|row| / 127, float32); gradients pass straight through."""
@@ -52,7 +53,8 @@ class Run:
         self.work.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(args.device)
         if args.device == "cuda" and not torch.cuda.is_available():
-            raise TrainingError("--device cuda: this torch has no CUDA device; train on the CPU or install a CUDA torch")
+            raise TrainingError("--device cuda: this torch has no CUDA device; "
+                                "train on the CPU or install a CUDA torch")
         if args.threads:
             torch.set_num_threads(args.threads)
         settings_path = self.work / "settings.json"
@@ -113,7 +115,8 @@ class Run:
 
     def finished(self) -> bool:
         c = self.config
-        return self.step >= c.steps or bool(c.time_budget_minutes and self.trained_seconds >= 60 * c.time_budget_minutes)
+        return self.step >= c.steps or bool(c.time_budget_minutes
+                                            and self.trained_seconds >= 60 * c.time_budget_minutes)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -161,7 +164,8 @@ class Run:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with self.autocast():
                 logits = forward(self.model, inputs, self.quantising(max(0, self.step - 1)))
-            bits += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item() / math.log(2)
+            bits += (F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
+                     / math.log(2))
             covered += self.corpus.byte_lengths.to(self.device)[targets].sum().item()
         return bits / covered
 

@@ -158,8 +158,10 @@ tokenizer whose id 0 (`<|endoftext|>`) opens every chunk. Trained with `llmzip t
 - Status: {status}; {step:,} steps of {config.batch_size} windows, {tokens_seen:,} tokens seen,
   {trained_seconds / 60:.1f} minutes of training on {device}.
 - Optimiser: AdamW (β = 0.9, 0.95), peak learning rate {config.learning_rate}, {config.warmup_steps} warm-up steps,
-  cosine decay to {config.min_learning_rate_ratio} of the peak {schedule}, weight decay {config.weight_decay}, gradient clip {config.grad_clip}, seed {config.seed}.
-- Training data: {corpus.raw_bytes:,} bytes ({corpus.raw_bytes / 2**20:.1f} MiB), {len(corpus.train_tokens):,} training tokens;
+  cosine decay to {config.min_learning_rate_ratio} of the peak {schedule}, weight decay {config.weight_decay}, \
+gradient clip {config.grad_clip}, seed {config.seed}.
+- Training data: {corpus.raw_bytes:,} bytes ({corpus.raw_bytes / 2**20:.1f} MiB), \
+{len(corpus.train_tokens):,} training tokens;
   the last {config.val_fraction:.0%} of every file is held out for validation.
 - Prequential code length of the training corpus (each window scored before it was learned from): {prequential}.
 - Validation loss on held-out training text: {validation_bpb:.4f} bits per byte.
