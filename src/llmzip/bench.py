@@ -528,13 +528,15 @@ def run_benchmark(inputs: list[Input], codecs: list[Codec], *, max_bytes: int | 
                         job.measured, job.device, job.cached, job.data = cached, codec.device, True, None
                         report(job)
 
+    measured = executor.run(planned())
     try:
-        for job in executor.run(planned()):
+        for job in measured:
             key = job.key if job.device == job.codec.device else cache.key(job.sha256, job.codec, repeat,
                                                                             device=job.device)
             cache.put(key, job.measured)
             report(job)
     finally:
+        measured.close()  # now, not when the traceback lets go of it: an executor cancels what is still running
         bar.close()
     for codec_index, codec in enumerate(codecs):  # where the workers ran, when that is not here
         devices = {job.device for (_, index), jobs in shards.items() if index == codec_index for job in jobs}

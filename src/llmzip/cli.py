@@ -224,6 +224,9 @@ def _run_subcommand(name: str, argv: list[str]) -> int:
         return int(getattr(module, f"run_{name}")(args) or 0)
     except BrokenPipeError:
         raise  # the reader went away: main ends the run quietly
+    except KeyboardInterrupt:  # Ray tasks, if any, were cancelled on the way out
+        print(f"llmzip {name}: interrupted", file=sys.stderr)
+        return 1
     except (LLMZipError, OSError) as error:
         if os.environ.get("LLMZIP_DEBUG"):
             raise

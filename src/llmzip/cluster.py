@@ -62,13 +62,14 @@ def session(address: str | None = None, *, num_cpus: int | None = None):
     test, a notebook), that connection is used and left open.
     """
     ray = import_ray()
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
     if ray.is_initialized():
         yield ray
         return
     options = dict(log_to_driver=False, logging_level=logging.ERROR)
-    if not address and not os.environ.get("RAY_ADDRESS"):
+    if not address:
         options.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
     try:
         ray.init(address=address or None, **options)
@@ -149,7 +150,13 @@ def completed(ray, refs: list):
 
 
 def cancel(ray, refs: list) -> None:
-    for ref in refs:
+    """Stop the tasks of `refs` that have not finished."""
+    if not refs:
+        return
+    # Only those still pending: cancelling a finished task can abort the driver in Ray (2.60,
+    # "Tried to complete task that was not pending").
+    _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+    for ref in pending:
         try:
             ray.cancel(ref, force=True)  # force: stop a running task too, not only a queued one
         except Exception:  # already finished, or its worker already gone: nothing left to stop
@@ -171,22 +178,25 @@ class RayExecutor:
         from .bench import BenchError
 
         submitted = {}
-        for job in jobs:
-            spec = job.codec.spec
-            if spec is None:
-                raise BenchError(f"compressor '{job.codec.label}' cannot be built on a Ray worker (no spec)")
-            model = "model" in spec
-            if model:
-                spec = dict(spec, model=portable_model(spec["model"]))
-            task = self._task.options(num_cpus=self.threads if model else 1, num_gpus=1 if model and self.gpu else 0,
-                                      max_retries=MAX_RETRIES)
-            ref = task.remote(spec, job.codec.identity, job.data, job.repeat, self.threads if model else 1)
-            job.data = None  # the object store holds it now
-            submitted[ref] = job
-        for ref, (measured, device) in completed(self.ray, list(submitted)):
-            job = submitted[ref]
-            job.measured, job.device = measured, device
-            yield job
+        try:
+            for job in jobs:
+                spec = job.codec.spec
+                if spec is None:
+                    raise BenchError(f"compressor '{job.codec.label}' cannot be built on a Ray worker (no spec)")
+                model = "model" in spec
+                if model:
+                    spec = dict(spec, model=portable_model(spec["model"]))
+                task = self._task.options(num_cpus=self.threads if model else 1,
+                                          num_gpus=1 if model and self.gpu else 0, max_retries=MAX_RETRIES)
+                ref = task.remote(spec, job.codec.identity, job.data, job.repeat, self.threads if model else 1)
+                job.data = None  # the object store holds it now
+                submitted[ref] = job
+            for ref, (measured, device) in completed(self.ray, list(submitted)):
+                job = submitted[ref]
+                job.measured, job.device = measured, device
+                yield job
+        finally:
+            cancel(self.ray, list(submitted))  # those still running when the caller stops early
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -198,17 +208,19 @@ class FileTasks:
     def __init__(self, ray, *, threads: int = 1, gpu: bool = False):
         check_resources(ray, cpus=threads, gpus=1 if gpu else 0)
         self.ray, self.threads = ray, threads
-        self._options = dict(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=MAX_RETRIES)
+        options = dict(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=MAX_RETRIES)
+        self._compress = ray.remote(_compress_task).options(**options)
+        self._decompress = ray.remote(_decompress_task).options(**options)
 
     def compress(self, data: bytes, options: dict, model_settings: dict):
         """`options`: the Compressor's arguments; `model_settings`: the driver's Compressor's, which
         the worker's must equal."""
         options = dict(options, model=portable_model(options.get("model")))
-        return self.ray.remote(_compress_task).options(**self._options).remote(options, model_settings, data, self.threads)
+        return self._compress.remote(options, model_settings, data, self.threads)
 
     def decompress(self, data: bytes, options: dict, *, test: bool = False):
         options = dict(options, model=portable_model(options.get("model")))
-        return self.ray.remote(_decompress_task).options(**self._options).remote(options, data, self.threads, test)
+        return self._decompress.remote(options, data, self.threads, test)
 
     def result(self, ref):
         return result(self.ray, ref)
