@@ -417,8 +417,9 @@ def split_shards(data: bytes, shard_bytes: int | None) -> list[bytes]:
     Shards are about equal; a cut falls just after the line end nearest to an even share (never
     further back than half a share), else on the start of a UTF-8 character, so no cut splits a
     character and text is cut where a chunk would rather end than mid-word. The cut depends on
-    the bytes alone, so every compressor, and a local and a Ray run, measure the same shards; the
-    shards' compressed streams written one after another are a valid .llmz file of the whole input, and a file's row is the exact sum of its shards' rows.
+    the bytes alone, so every compressor, and a local and a Ray run, measure the same shards.
+    The shards' streams written one after another are a valid .llmz file of the whole input, and
+    a file's row is the exact sum of its shards' rows.
     """
     if not shard_bytes or len(data) <= shard_bytes:
         return [data]
