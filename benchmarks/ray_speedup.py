@@ -85,7 +85,8 @@ def main_benchmark() -> None:
             if Path(f"{path}.llmz").read_bytes() != expected[path]:
                 raise SystemExit(f"{path}: Ray wrote other bytes than a local run: this is a bug")
 
-    results = {"machine": bench.cpu_name(), "cores": os.cpu_count(), "load_average_before": os.getloadavg(), "files": [str(p.name) for p in files],
+    results = {"machine": bench.cpu_name(), "cores": os.cpu_count(), "load_average_before": os.getloadavg(),
+               "files": [str(p.name) for p in files],
                "bytes_per_file": args.bytes, "shard_bytes": shard_bytes, "runs": args.runs, "seconds": {}}
     local_out = work / "local"
     results["seconds"]["bench, no Ray, 1 thread"] = fastest(args.runs, lambda: run_quietly(

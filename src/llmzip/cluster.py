@@ -128,7 +128,8 @@ def result(ray, ref):
             raise cause from None
         if isinstance(cause, ImportError):
             raise ClusterError(f"a Ray worker cannot import llmzip ({cause}); install llmzip on every node") from None
-        raise ClusterError(f"a Ray task failed: {type(cause).__name__ if cause else 'error'}: {cause or error}") from None
+        kind = type(cause).__name__ if cause else "error"
+        raise ClusterError(f"a Ray task failed: {kind}: {cause or error}") from None
     except ray.exceptions.TaskCancelledError:
         raise ClusterError("a Ray task was cancelled") from None
     except ray.exceptions.RayError as error:
