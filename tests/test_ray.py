@@ -134,6 +134,26 @@ def test_bench_on_ray_equals_the_local_run(address, corpus, tiny_model, tmp_path
     assert bits_rows(tmp_path / "ray") == local
 
 
+def kill_one_worker_mid_task(function: str, killed: list) -> threading.Thread:
+    """A thread that SIGKILLs the first worker seen running `function`, once it is into the task;
+    it appends the pid to `killed`, and stops when something else is appended."""
+
+    def watch():
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            running = ray_processes(function)
+            if running:
+                time.sleep(0.3)  # into the task: the model is loaded and coding has begun
+                if running[0] in ray_processes(function):
+                    os.kill(running[0], signal.SIGKILL)
+                    killed.append(running[0])
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
 def test_a_worker_killed_mid_task_is_survived(address, tmp_path):
     (tmp_path / "a.txt").write_bytes(prose(12000, 3))
     (tmp_path / "b.txt").write_bytes(prose(12000, 4))
@@ -141,20 +161,7 @@ def test_a_worker_killed_mid_task_is_survived(address, tmp_path):
     codecs = [bench.ModelCodec("llmzip-tiny", threads=1, xz_fallback=False)]
     expected = bench.run_benchmark(inputs, codecs, progress=False, shard_bytes=6000)
     killed = []
-
-    def kill_one_worker_mid_task():
-        deadline = time.monotonic() + 120
-        while not killed and time.monotonic() < deadline:
-            running = ray_processes("_measure_task")
-            if running:
-                time.sleep(0.3)  # into the task: the model is loaded and coding has begun
-                if running[0] in ray_processes("_measure_task"):
-                    os.kill(running[0], signal.SIGKILL)
-                    killed.append(running[0])
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_one_worker_mid_task)
-    killer.start()
+    killer = kill_one_worker_mid_task("_measure_task", killed)
     try:
         with cluster.session(address) as connection:
             measured = bench.run_benchmark(inputs, codecs, progress=False, shard_bytes=6000,
@@ -213,6 +220,33 @@ def test_compressed_files_are_byte_identical_to_local_ones(address, tiny_model, 
                             capture_output=True, timeout=300)
     assert packed.returncode == 0, packed.stderr
     assert packed.stdout == b"".join(api.compress(names[name], level=1) for name in list(names)[:2])
+
+
+def test_a_worker_killed_while_compressing_is_survived(address, tmp_path):
+    paths = []
+    for index in range(2):
+        (tmp_path / f"{index}.txt").write_bytes(prose(30000, 20 + index))
+        paths.append(tmp_path / f"{index}.txt")
+    killed = []
+    killer = kill_one_worker_mid_task("_compress_task", killed)
+    try:
+        assert main(["--ray", address, "-1", "-q", *map(str, paths)]) == 0
+    finally:
+        killed.append(None)
+        killer.join()
+    assert killed[0] is not None, "no worker was killed: the test proved nothing"
+    for path in paths:
+        assert Path(f"{path}.llmz").read_bytes() == api.compress(path.read_bytes(), level=1)
+
+
+def test_without_an_address_a_local_cluster_is_started(tmp_path):
+    (tmp_path / "a.txt").write_bytes(prose(2000, 30))
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    # `--ray FILE`: FILE is a file to compress, not an address (an address has a port).
+    done = subprocess.run([sys.executable, "-m", "llmzip.cli", "--ray", str(tmp_path / "a.txt"), "-1"],
+                          capture_output=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.txt.llmz").read_bytes() == api.compress((tmp_path / "a.txt").read_bytes(), level=1)
 
 
 def test_a_worker_with_another_model_is_refused_by_the_command_line(address, tiny_model, tmp_path, capsys,

@@ -6,8 +6,9 @@ What is spread over the cluster, and what is not:
 - compression, decompression and `-t`: every file is one Ray task, coded by the same Compressor
   or Decompressor code as a local run, so each output is byte for byte the local one. The chunks
   of one file are coded in one task, one after another: the encoder's choices (groups, the xz
-  fallback over 1 MiB spans, the model record before the first model chunk) depend on what came
-  before in the file, so a file is never cut across tasks.
+  fallback over 1 MiB spans, the model record before the first model chunk) and the online
+  model's state (learnt from every earlier unit of the file, in the encoder and the decoder alike)
+  depend on what came before in the file, so a file is never cut across tasks.
 
 Models reach the workers through each node's own install (a built-in name, `smollm2` from its
 package, or a path that holds the same model on every node), loaded once per worker process and
