@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from . import coder, container, models
-from .codec import StreamDecoder, StreamEncoder, Summary
+from . import coder, container, models, online as online_model
+from .codec import StreamDecoder, StreamEncoder, Summary, online_unit_chunks
 from .container import CHUNK_NAMES, EndRecord
 from .errors import CorruptError, EngineMismatchError, FormatError, LLMZipError, ModelError
 
@@ -61,7 +61,10 @@ class Compressor:
 
     def __init__(self, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
                  device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 threads: int | None = None, xz_fallback: bool = True):
+                 threads: int | None = None, xz_fallback: bool = True, online: bool | None = None):
+        """`online`: learn from the file while coding it (see online.py). None means on with an
+        exact engine unless `xz_fallback` is False, which asks for the model's own code alone
+        (what --model-only asks for); the float engine has no online model."""
         _check_options(level, engine, batch_size)
         device = _default_device() if device is None else _check_device(device)
         self.model = models.load_model(model or models.model_for_level(level))
@@ -77,6 +80,9 @@ class Compressor:
         self.engine = self.model.engine(exact=exact, device=device, batch_size=batch_size, threads=threads)
         self.batch_size = batch_size
         self.xz_fallback = xz_fallback
+        if online and not self.engine.batch_invariant:
+            raise LLMZipError("the online model needs the exact engine (its rows are integers)")
+        self.online = self.engine.batch_invariant and (xz_fallback if online is None else online)
 
     def model_settings(self) -> dict:
         """Everything the decoder needs to reproduce the model's predictions."""
@@ -94,6 +100,8 @@ class Compressor:
             "start_token": self.engine.start_token,
             "chunk_tokens": self.chunk_tokens,
             "batch_size": self.batch_size,
+            **({"online": online_model.online_settings(online_unit_chunks(self.engine, self.chunk_tokens, self.batch_size))}
+               if self.online else {}),
         }
 
     def stream_writer(self, destination: BinaryIO, *, content_size: int | None = None,
@@ -207,7 +215,7 @@ def write_empty_stream(destination: BinaryIO, *, content_size: int | None = 0) -
 
 def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
              device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-             xz_fallback: bool = True) -> bytes:
+             xz_fallback: bool = True, online: bool | None = None) -> bytes:
     """Compress `data` in one call; see Compressor for the options. Empty data loads no model."""
     if not data:
         _check_options(level, engine, batch_size)
@@ -215,7 +223,7 @@ def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAU
         write_empty_stream(output)
         return output.getvalue()
     return Compressor(model=model, level=level, engine=engine, device=device, chunk_tokens=chunk_tokens,
-                      batch_size=batch_size, xz_fallback=xz_fallback).compress(bytes(data))
+                      batch_size=batch_size, xz_fallback=xz_fallback, online=online).compress(bytes(data))
 
 
 def decompress(data: bytes, *, model: str | None = None, device: str | None = None) -> bytes:

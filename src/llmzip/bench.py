@@ -169,14 +169,16 @@ class ModelCodec(Codec):
     """llmzip with one model; the model is loaded once and reused for every file."""
 
     def __init__(self, model: str, *, device: str | None = None, engine: str = "auto", batch_size: int = 16,
-                 chunk_tokens: int | None = None, threads: int | None = None, xz_fallback: bool = True):
+                 chunk_tokens: int | None = None, threads: int | None = None, xz_fallback: bool = True,
+                 online: bool | None = None):
         from .api import Compressor, Decompressor, _default_device
 
         spec = {"model": model, "device": device, "engine": engine, "batch_size": batch_size,
-                "chunk_tokens": chunk_tokens, "threads": threads, "xz_fallback": xz_fallback}
+                "chunk_tokens": chunk_tokens, "threads": threads, "xz_fallback": xz_fallback, "online": online}
         device = device or _default_device()
         self.compressor = Compressor(model=model, engine=engine, device=device, batch_size=batch_size,
-                                     chunk_tokens=chunk_tokens, threads=threads, xz_fallback=xz_fallback)
+                                     chunk_tokens=chunk_tokens, threads=threads, xz_fallback=xz_fallback,
+                                     online=online)
         # Decode with the very model that was loaded, whatever name it goes by.
         self.decompressor = Decompressor(model=model, device=device)
         loaded = self.compressor.model
@@ -188,7 +190,7 @@ class ModelCodec(Codec):
             decompress=self.decompressor.decompress,
             identity={"fingerprint": loaded.fingerprint, "engine": settings["engine"], "coder": settings["coder"],
                       "chunk_tokens": settings["chunk_tokens"], "batch_size": settings["batch_size"],
-                      "xz_fallback": xz_fallback},
+                      "xz_fallback": xz_fallback, **({"online": settings["online"]} if "online" in settings else {})},
             kind="model",
             parameters=loaded.parameters,
             model_bytes=loaded.size_bytes,
@@ -330,6 +332,7 @@ def measure(codec: Codec, data: bytes, repeat: int = 1) -> dict:
         "cross_entropy_bits": None,
         "model_coded_bytes": None,
         "tokens": None,
+        "online_saved_bits": None,
     }
     summary = codec.summary()
     if summary is not None:
@@ -337,6 +340,7 @@ def measure(codec: Codec, data: bytes, repeat: int = 1) -> dict:
         row["cross_entropy_bits"] = summary.model_bits + 8 * (len(compressed) - summary.model_payload_bytes)
         row["model_coded_bytes"] = summary.model_raw_bytes
         row["tokens"] = summary.tokens
+        row["online_saved_bits"] = summary.model_alone_bits - summary.model_bits  # what learning from the file saved
     return row
 
 
@@ -346,6 +350,8 @@ def derive(row: dict, codec_parameters: int = 0, model_bytes: int = 0) -> dict:
     row["bits_per_byte"] = 8 * compressed / raw if raw else None
     row["cross_entropy_bits_per_byte"] = (row["cross_entropy_bits"] / raw
                                           if raw and row.get("cross_entropy_bits") is not None else None)
+    row["online_saved_bits_per_byte"] = (row["online_saved_bits"] / raw
+                                         if raw and row.get("online_saved_bits") is not None else None)
     row["compression_ratio"] = raw / compressed if compressed else None
     row["size_adjusted_ratio"] = (compressed + model_bytes) / raw if raw else None
     row["compress_bytes_per_second"] = raw / row["compress_seconds"] if row["compress_seconds"] > 0 else None
@@ -393,7 +399,7 @@ ROW_FIELDS = [
     "scope", "corpus", "file", "compressor", "kind", "raw_bytes", "compressed_bytes", "bits_per_byte",
     "cross_entropy_bits_per_byte", "compression_ratio", "size_adjusted_ratio", "compress_bytes_per_second",
     "decompress_bytes_per_second", "compress_seconds", "decompress_seconds", "parameters", "model_bytes",
-    "model_coded_bytes", "tokens", "verified", "device", "cached", "sha256", "note",
+    "model_coded_bytes", "tokens", "verified", "device", "cached", "sha256", "note", "online_saved_bits_per_byte",
 ]
 
 
@@ -565,8 +571,8 @@ def _sum_shards(rows: list[dict]) -> dict:
     total = {name: sum(row[name] for row in rows)
              for name in ("raw_bytes", "compressed_bytes", "compress_seconds", "decompress_seconds")}
     total["verified"] = all(row["verified"] for row in rows)
-    for name in ("cross_entropy_bits", "model_coded_bytes", "tokens"):
-        values = [row[name] for row in rows]
+    for name in ("cross_entropy_bits", "model_coded_bytes", "tokens", "online_saved_bits"):
+        values = [row.get(name) for row in rows]
         total[name] = sum(values) if all(value is not None for value in values) else None
     return total
 
@@ -605,6 +611,8 @@ def _total_rows(results: Results) -> list[dict]:
                      ("raw_bytes", "compressed_bytes", "compress_seconds", "decompress_seconds")}
             known = [row["cross_entropy_bits"] for row in rows]
             total["cross_entropy_bits"] = sum(known) if all(value is not None for value in known) else None
+            saved = [row.get("online_saved_bits") for row in rows]
+            total["online_saved_bits"] = sum(saved) if all(value is not None for value in saved) else None
             total = derive(total, codec.parameters, codec.model_bytes)
             for name in ("model_coded_bytes", "tokens"):
                 values = [row[name] for row in rows]
@@ -701,13 +709,13 @@ def markdown_report(results: Results) -> str:
     lines += ["", "## Details", ""]
     header = ["file", "compressor", "raw bytes", "compressed bytes", "bits/byte", "cross-entropy bits/byte",
               "ratio (raw/compressed)", "size-adjusted (compressed+model)/raw", "compress", "decompress",
-              "parameters", "decode verified"]
+              "parameters", "decode verified", "online model saved (bits/byte)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|---|---|" + "---:|" * (len(header) - 3) + "---|")
     for row in _ordered_detail_rows(results):
         if row["scope"] == "published":
             lines.append(f"| {row['file']} | {row['compressor']} | {_number(row['raw_bytes'])} | – | "
-                         f"{_number(row['bits_per_byte'])} | – | – | – | – | – | – | not measured |")
+                         f"{_number(row['bits_per_byte'])} | – | – | – | – | – | – | not measured | – |")
             continue
         lines.append("| " + " | ".join([
             _label(row), row["compressor"], _number(row["raw_bytes"]), _number(row["compressed_bytes"]),
@@ -715,6 +723,7 @@ def markdown_report(results: Results) -> str:
             _number(row["compression_ratio"], 2), _number(row["size_adjusted_ratio"], 3),
             _rate(row["compress_bytes_per_second"]), _rate(row["decompress_bytes_per_second"]),
             _parameters(row["parameters"]), _number(row["verified"]) + (" (cached)" if row["cached"] else ""),
+            _number(row.get("online_saved_bits_per_byte")),
         ]) + " |")
     lines += ["", "## What the columns mean", "",
               "- **bits/byte**: 8 × compressed bytes / raw bytes, from a real compression whose output was "
@@ -722,6 +731,9 @@ def markdown_report(results: Results) -> str:
               "- **cross-entropy bits/byte** (models): (Σ −log2 p over the tokens the model coded + 8 × every other "
               "byte of the compressed file — header, framing, chunks kept raw or as xz) / raw bytes: the size with an "
               "ideal entropy coder.",
+              "- **online model saved** (models): (Σ −log2 p under the model's rows alone − Σ −log2 p under the rows "
+              "mixed with the online model) / raw bytes, over the model-coded tokens: what learning from the file "
+              "itself saved.",
               "- **ratio**: raw bytes / compressed bytes.",
               "- **size-adjusted**: (compressed bytes + model bytes) / raw bytes; model bytes are the model's files "
               "on disk. Classical compressors count no model.",
@@ -916,7 +928,9 @@ def add_bench_arguments(parser) -> None:
     parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (default: the model's context)")
     parser.add_argument("-T", "--threads", type=int, metavar="N", help="CPU threads for inference")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
-                        help="code every text chunk with the model, even where xz would be smaller")
+                        help="code every text chunk with the model's own rows, even where xz would be smaller")
+    parser.add_argument("--no-online", dest="online", action="store_false", default=None,
+                        help="models do not learn from each file while coding it (no online model)")
     parser.add_argument("--no-cache", action="store_true", help="measure everything again (the cache is rewritten)")
     parser.add_argument("--shard-bytes", type=int, metavar="N",
                         help="measure each file in shards of at most N bytes (cut at line ends), each its own "
@@ -950,7 +964,7 @@ def codecs_from_arguments(args) -> list[Codec]:
     for name in model_names:
         codecs.append(ModelCodec(name, device=args.device, engine=args.engine, batch_size=args.batch_size,
                                  chunk_tokens=args.chunk_tokens, threads=args.threads,
-                                 xz_fallback=args.xz_fallback))
+                                 xz_fallback=args.xz_fallback, online=args.online))
     for name in _names(args.baselines):
         try:
             codec = baseline(name)

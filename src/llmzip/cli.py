@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive, default=16, metavar="N",
                         help="chunks coded together in one batch (default 16)")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
-                        help="model-code all text, even where xz would be smaller (for measuring models)")
+                        help="model-code all text, even where xz would be smaller, with the model's own rows alone "
+                             "(for measuring models)")
+    parser.add_argument("--no-online", dest="online", action="store_false", default=None,
+                        help="do not learn from the file while coding it (the online model; on by default with the "
+                             "exact engine)")
     parser.add_argument("-T", "--threads", type=_positive, metavar="N", help="CPU threads for inference")
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                         help="code each file as a task on the Ray cluster at ADDRESS (host:port), or on a local cluster "
@@ -317,7 +321,7 @@ class Runner:
         args = self.args
         return dict(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
                     chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads,
-                    xz_fallback=args.xz_fallback)
+                    xz_fallback=args.xz_fallback, online=args.online)
 
     def decompressor_options(self) -> dict:
         return dict(model=self.args.model, device=self.args.device)
@@ -393,9 +397,10 @@ class Runner:
                         out_size = self.decompressor.copy_stream(source, destination, progress=update)
             finally:
                 progress.close()
-        self.finish_file(name, target, in_size, out_size, compressing)
+        self.finish_file(name, target, in_size, out_size, compressing, summary if compressing else None)
 
-    def finish_file(self, name: str, target: str | None, in_size: int, out_size: int, compressing: bool) -> None:
+    def finish_file(self, name: str, target: str | None, in_size: int, out_size: int, compressing: bool,
+                    summary=None) -> None:
         """After an output is published: --rm, and the summary line."""
         args = self.args
         if args.remove and name != "-" and target is not None:
@@ -406,6 +411,8 @@ class Runner:
                 os.remove(name)
         if not args.quiet:
             self.print_summary(name, target, in_size, out_size, compressing)
+            if summary is not None and args.verbose and summary.tokens:
+                print(f"{'':>2}{_learning_line(summary)}", file=sys.stderr)
 
     def run_on_ray(self, files: list[str]) -> int:
         """Each file coded by one Ray task (see cluster.py); outputs are written here, in input order,
@@ -490,6 +497,7 @@ class Runner:
             "bits_per_byte": details.bits_per_byte,
             "chunks": details.chunks,
             "streams": details.streams,
+            "online": settings.get("online"),
         }
 
     def print_table(self, rows: list[dict]) -> None:
@@ -504,6 +512,9 @@ class Runner:
             if self.args.verbose:
                 chunks = ", ".join(f"{count} {kind}" for kind, count in row["chunks"].items())
                 print(f"{'':>12} chunks: {chunks}; model sha256 {row['fingerprint']}…")
+                if row["online"]:
+                    print(f"{'':>12} online model: version {row['online'].get('version')}, units of "
+                          f"{row['online'].get('unit_chunks')} chunks (llmzip -v reports its saving when compressing)")
 
     def print_summary(self, name, target, in_size, out_size, compressing) -> None:
         shown = "(stdin)" if name == "-" else name
@@ -521,6 +532,15 @@ class Runner:
         disabled = self.args.quiet or not sys.stderr.isatty()
         return tqdm(total=total, desc=Path(name).name if name != "-" else "stdin", unit="B", unit_scale=True,
                     unit_divisor=1024, disable=disabled, leave=False, file=sys.stderr)
+
+
+def _learning_line(summary) -> str:
+    """What the online model saved: the file's own "learning is compression" number."""
+    saved = summary.model_alone_bits - summary.model_bits
+    if not saved:
+        return f"model alone: {summary.model_alone_bits / 8:,.0f} bytes for {summary.tokens:,} tokens (no online model)"
+    return (f"online model saved {saved / 8:,.0f} bytes ({100 * saved / summary.model_alone_bits:.1f}% of the model "
+            f"alone's {summary.model_alone_bits / 8:,.0f}) on {summary.tokens:,} tokens")
 
 
 class _NullWriter:

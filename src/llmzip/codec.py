@@ -25,6 +25,7 @@ import numpy as np
 from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
 from .errors import CorruptError
+from .online import OnlineModel, mix_rows, unit_sizes
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
@@ -36,6 +37,7 @@ class Summary:
     content_size: int = 0
     compressed_size: int = 0
     model_bits: float = 0.0  # Σ −log2 p over model-coded tokens: the cross-entropy bound
+    model_alone_bits: float = 0.0  # the same under the model's rows alone, without the online model
     model_payload_bytes: int = 0
     model_raw_bytes: int = 0
     tokens: int = 0
@@ -65,6 +67,7 @@ class StreamEncoder:
     def __init__(self, destination: BinaryIO, *, header: dict, model_settings: dict, tokenizer, engine,
                  chunk_tokens: int, batch_size: int, xz_fallback: bool = True,
                  progress: Callable[[int], None] | None = None):
+        """With an "online" key in `model_settings`, an online model learns from the coded tokens."""
         self.destination = destination
         self.xz_fallback = xz_fallback  # off: every text chunk the model does not expand is model-coded
         self.model_settings = model_settings  # written before the first model-coded group only
@@ -80,6 +83,9 @@ class StreamEncoder:
         self._raw_run = bytearray()  # non-text bytes waiting to be kept raw or as xz
         self._held: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
         self._held_raw = bytearray()  # the input bytes those groups cover
+        online = (model_settings or {}).get("online")
+        self.online = OnlineModel(online) if online is not None else None
+        self._held_mark = None  # the online state before the held groups, if they become one xz chunk
         container.write_header(destination, header)
 
     def write(self, data: bytes) -> None:
@@ -140,6 +146,8 @@ class StreamEncoder:
     def _flush_text(self, final: bool) -> None:
         while len(self._pending) >= self.batch_size or (final and self._pending):
             group, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
+            if self.online is not None and self._held_mark is None:
+                self._held_mark = self.online.checkpoint()
             records, stats = self._code_group(group)
             self._hold(records, stats, b"".join(raw for raw, _ in group))
 
@@ -151,25 +159,39 @@ class StreamEncoder:
             # xz already beats anything the model could write (a run of one byte, say): the choice
             # below would be this xz chunk whatever the model predicted, so it need not run.
             return [fallback], stats
-        coded = encode_chunks(self.engine, [tokens for _, tokens in group])
-        keep = [len(payload) < len(raw) for (raw, _), (payload, _) in zip(group, coded)]
-        if not all(keep) and any(keep) and not self.engine.batch_invariant:
-            # The decoder will batch only the model-coded chunks; recode them in that batch shape.
-            recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k]))
+        mark = self.online.checkpoint() if self.online is not None else None
+        coded = encode_chunks(self.engine, [tokens for _, tokens in group], self.online)
+        keep = [len(payload) < len(raw) for (raw, _), (payload, _, _) in zip(group, coded)]
+        coded_together = [True] * len(group)
+        # The decoder batches only the model-coded chunks, and with an online model they form its
+        # units: code them again in that shape (with an online model, until none of them expands).
+        while any(keep) and keep != coded_together and (self.online is not None or not self.engine.batch_invariant):
+            if mark is not None:
+                self.online.rollback(mark)
+            recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k], self.online))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
+            coded_together = keep
+            if self.online is None:
+                break
+            keep = [k and len(payload) < len(raw) for (raw, _), (payload, _, _), k in zip(group, coded, keep)]
         if not any(keep):
+            if mark is not None:
+                self.online.rollback(mark)
             return [fallback or _raw_chunk(b"".join(raw for raw, _ in group))], stats
         if fallback is not None:
-            model_size = sum(len(payload) for (payload, _), k in zip(coded, keep) if k)
+            model_size = sum(len(payload) for (payload, _, _), k in zip(coded, keep) if k)
             if self._model_record_due():  # the first model-coded group also pays for the model record
                 model_size += container.model_record_size(self.model_settings)
             if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
+                if mark is not None:
+                    self.online.rollback(mark)
                 return [fallback], stats  # repetitive text that the chunk-by-chunk model cannot see as such
         records = []
-        for (raw, tokens), (payload, bits), model_coded in zip(group, coded, keep):
+        for (raw, tokens), (payload, bits, alone_bits), model_coded in zip(group, coded, keep):
             if model_coded:
                 records.append(ChunkRecord(CHUNK_MODEL, len(raw), len(tokens), zlib.crc32(raw), payload))
                 stats.model_bits += bits
+                stats.model_alone_bits += alone_bits
                 stats.model_payload_bytes += len(payload)
                 stats.model_raw_bytes += len(raw)
                 stats.tokens += len(tokens)
@@ -197,6 +219,9 @@ class StreamEncoder:
         ends at the chunk, nor xz over one group can use; the smaller of the two is written.
         """
         if not self.xz_fallback:
+            self._held_mark = None
+            if self.online is not None:
+                self.online.commit()
             self._write_group(records, stats)
             return
         self._held.append((records, stats))
@@ -215,9 +240,16 @@ class StreamEncoder:
             coded_size += container.model_record_size(self.model_settings)
         fallback = _raw_chunk(raw) if len(held) > 1 else None
         self._held, self._held_raw = [], bytearray()
+        mark, self._held_mark = self._held_mark, None
         if fallback is not None and container.group_size([fallback]) < coded_size:
+            if mark is not None:
+                self.online.rollback(mark)  # the decoder will not see these units
+            if self.online is not None:
+                self.online.commit()
             self._write_group([fallback], Summary(), report=False)
         else:
+            if self.online is not None:
+                self.online.commit()
             for records, stats in held:
                 self._write_group(records, stats, report=False)
 
@@ -230,6 +262,7 @@ class StreamEncoder:
             self.summary.chunks[CHUNK_NAMES[record.kind]] += 1
         if stats is not None:
             self.summary.model_bits += stats.model_bits
+            self.summary.model_alone_bits += stats.model_alone_bits
             self.summary.model_payload_bytes += stats.model_payload_bytes
             self.summary.model_raw_bytes += stats.model_raw_bytes
             self.summary.tokens += stats.tokens
@@ -237,8 +270,19 @@ class StreamEncoder:
             self.progress(sum(record.raw_length for record in records))
 
 
-def encode_chunks(engine, token_lists: list[np.ndarray]) -> list[tuple[bytes, float]]:
-    """Each chunk's payload and cross-entropy in bits, coded together in one batch."""
+def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | None = None) -> list[tuple[bytes, float, float]]:
+    """Each chunk's payload, its code length in bits and the model's own code length in bits
+    (the same without the online model), coded together in one batch.
+
+    With an online model the chunks are one or more units (see online.py), coded in order.
+    """
+    if online is not None:
+        results = []
+        start = 0
+        for size in unit_sizes(len(token_lists), online.unit_chunks):
+            results += _encode_unit(engine, token_lists[start : start + size], online)
+            start += size
+        return results
     encoders = [coder.Encoder() for _ in token_lists]
     bits = [0.0] * len(token_lists)
     if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
@@ -246,16 +290,61 @@ def encode_chunks(engine, token_lists: list[np.ndarray]) -> list[tuple[bytes, fl
             symbols = token_lists[index][start : start + len(weights)]
             bits[index] += float(coder.code_length_bits(symbols, weights).sum())
             encoders[index].encode(symbols, weights)
-        return [(encoder.finish(), row_bits) for encoder, row_bits in zip(encoders, bits)]
+        return [(encoder.finish(), row_bits, row_bits) for encoder, row_bits in zip(encoders, bits)]
     for step, weights, active in _lockstep(engine, [len(tokens) for tokens in token_lists], lambda row, step: token_lists[row][step]):
         for row in active:
             symbol, row_weights = token_lists[row][step : step + 1], weights[row : row + 1]
             bits[row] += float(coder.code_length_bits(symbol, row_weights)[0])
             encoders[row].encode(symbol, row_weights)
-    return [(encoder.finish(), row_bits) for encoder, row_bits in zip(encoders, bits)]
+    return [(encoder.finish(), row_bits, row_bits) for encoder, row_bits in zip(encoders, bits)]
 
 
-def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
+def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel) -> list[tuple[bytes, float, float]]:
+    """One unit with the online model. Its token-only part (the match model) depends on no row,
+    so it is walked first, step by step across the unit exactly as the decoder will; the full
+    pass's rows then arrive chunk by chunk, and each chunk's secondary estimate, which sees only
+    its own chunk within the unit, follows them in order."""
+    if not engine.batch_invariant:
+        raise ValueError("the online model needs an exact engine")
+    lengths = [len(tokens) for tokens in token_lists]
+    online.begin_unit(lengths)
+    candidates = [np.full(length, -1, dtype=np.int64) for length in lengths]
+    match_lengths = [np.zeros(length, dtype=np.int64) for length in lengths]
+    for step in range(max(lengths, default=0)):
+        active = [row for row, length in enumerate(lengths) if step < length]
+        for row in active:
+            candidates[row][step], match_lengths[row][step] = online.predict(row, step)
+        for row in active:
+            online.observe(row, step, int(token_lists[row][step]))
+    encoders = [coder.Encoder() for _ in token_lists]
+    bits = [0.0] * len(token_lists)
+    alone_bits = [0.0] * len(token_lists)
+    for index, start, weights in engine.sequence_pieces(token_lists):
+        symbols = token_lists[index][start : start + len(weights)]
+        piece_candidates = candidates[index][start : start + len(weights)]
+        probabilities = np.zeros(len(weights), dtype=np.int64)
+        for offset in np.flatnonzero(piece_candidates >= 0).tolist():
+            candidate = int(piece_candidates[offset])
+            probability, cell, fraction = online.target(index, int(match_lengths[index][start + offset]),
+                                                        int(weights[offset, candidate]))
+            if probability:
+                probabilities[offset] = probability
+                online.learn(index, cell, fraction, candidate == symbols[offset])
+        mixed = mix_rows(weights, piece_candidates, probabilities)
+        alone_bits[index] += float(coder.code_length_bits(symbols, weights).sum())
+        bits[index] += float(coder.code_length_bits(symbols, mixed).sum())
+        encoders[index].encode(symbols, mixed)
+    online.end_unit()
+    return [(encoder.finish(), row_bits, alone) for encoder, row_bits, alone in zip(encoders, bits, alone_bits)]
+
+
+def decode_chunks(engine, records: list[ChunkRecord], online: OnlineModel | None = None) -> list[np.ndarray]:
+    """The chunks' tokens; with an online model the records are one or more units, decoded in order."""
+    if online is not None:
+        decoded = []
+        for size in unit_sizes(len(records), online.unit_chunks):
+            decoded += _decode_unit(engine, records[len(decoded) : len(decoded) + size], online)
+        return decoded
     decoders = [coder.Decoder(record.payload) for record in records]
     decoded = [np.empty(record.token_count, dtype=np.int64) for record in records]
 
@@ -264,10 +353,45 @@ def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
 
     for step, weights, active in _lockstep(engine, [record.token_count for record in records], next_token):
         for row in active:
-            try:
-                decoded[row][step] = decoders[row].decode(weights[row : row + 1])[0]
-            except AssertionError:  # how constriction refuses data that no encoder could have written
-                raise CorruptError("a model-coded chunk is damaged (invalid range-coder data)") from None
+            decoded[row][step] = _decode_one(decoders[row], weights[row : row + 1])
+    return decoded
+
+
+def _decode_one(decoder: coder.Decoder, row: np.ndarray) -> int:
+    try:
+        return int(decoder.decode(row)[0])
+    except AssertionError:  # how constriction refuses data that no encoder could have written
+        raise CorruptError("a model-coded chunk is damaged (invalid range-coder data)") from None
+
+
+def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> list[np.ndarray]:
+    """One unit in lockstep: at each step every chunk predicts, then every chunk's token is
+    decoded under its mixed row, then every chunk learns and observes: _encode_unit's order."""
+    decoders = [coder.Decoder(record.payload) for record in records]
+    lengths = [record.token_count for record in records]
+    decoded = [np.empty(length, dtype=np.int64) for length in lengths]
+    online.begin_unit(lengths)
+    for step, weights, active in _lockstep(engine, lengths, lambda row, step: int(decoded[row][step])):
+        rows = weights[active]
+        predictions = [online.predict(row, step) for row in active]
+        candidates = np.array([candidate for candidate, _ in predictions], dtype=np.int64)
+        probabilities = np.zeros(len(active), dtype=np.int64)
+        targets = [None] * len(active)
+        for offset, (candidate, length) in enumerate(predictions):
+            if candidate >= 0:
+                probability, cell, fraction = online.target(active[offset], length, int(rows[offset, candidate]))
+                if probability:
+                    probabilities[offset] = probability
+                    targets[offset] = (cell, fraction)
+        mixed = mix_rows(rows, candidates, probabilities)
+        for offset, row in enumerate(active):
+            token = _decode_one(decoders[row], mixed[offset : offset + 1])
+            decoded[row][step] = token
+            if targets[offset] is not None:
+                online.learn(row, *targets[offset], token == candidates[offset])
+        for row in active:
+            online.observe(row, step, int(decoded[row][step]))
+    online.end_unit()
     return decoded
 
 
@@ -294,6 +418,15 @@ LOCKSTEP_CHUNKS = 64
 LOCKSTEP_CACHE_BYTES = 3 * 2**27  # 384 MiB
 
 
+def online_unit_chunks(engine, chunk_tokens: int, batch_size: int) -> int:
+    """The most chunks of an online unit: what the decoder can hold in lockstep within its cache
+    budget, the group's chunks split evenly into as few units as that allows. Recorded in the
+    file, so the units never depend on the decoding machine."""
+    limit = max(1, min(batch_size, LOCKSTEP_CACHE_BYTES // max(1, engine.cache_bytes(chunk_tokens))))
+    units = -(-batch_size // limit)
+    return -(-batch_size // units)
+
+
 class StreamDecoder:
     """Reads llmzip streams and yields the original bytes, verifying every checksum.
 
@@ -311,6 +444,7 @@ class StreamDecoder:
         self._engine = None
         self._tokenizer = None
         self.model_settings: dict | None = None
+        self._online: OnlineModel | None = None
         self.chunk_tokens = 0
         self.batch_size = container.MAX_GROUP_CHUNKS  # until the model record sets the stream's own limit
 
@@ -335,8 +469,8 @@ class StreamDecoder:
             raise CorruptError("the decoded data does not match the original's checksum; the file is damaged")
 
     def _groups(self) -> Iterator[list[ChunkRecord]]:
-        """The chunk groups as written; with the exact engine, consecutive groups are joined or cut
-        to the lockstep limit.
+        """The chunk groups as written; with the exact engine and no online model, consecutive
+        groups are joined or cut to the lockstep limit (with one, a group's units are its own).
 
         Exact rows do not depend on the batch, so decoding more (or fewer) chunks in lockstep than
         the encoder grouped changes no bit: more shares each step's fixed cost, and the limit keeps
@@ -355,8 +489,8 @@ class StreamDecoder:
                 self._take_model_settings(record)
                 continue
             pending += record
-            limit = self._lockstep_limit()
-            if not limit:  # not batch-invariant: each group exactly as it was coded
+            limit = 0 if self._online is not None else self._lockstep_limit()
+            if not limit:  # not batch-invariant, or the online model's units: each group exactly as it was coded
                 yield pending
                 pending = []
             while limit and len(pending) >= limit:  # a group larger than the budget is cut too
@@ -381,6 +515,8 @@ class StreamDecoder:
         self.model_settings = settings
         self.chunk_tokens = _field(settings, "chunk_tokens", int)
         self.batch_size = _field(settings, "batch_size", int)
+        if "online" in settings:
+            self._online = OnlineModel(settings["online"])  # refuses settings this llmzip does not have
 
     def _decode_group(self, records: list[ChunkRecord]) -> list[bytes]:
         model_records = [record for record in records if record.kind == CHUNK_MODEL]
@@ -406,6 +542,8 @@ class StreamDecoder:
     def _decode_model_chunks(self, records: list[ChunkRecord]) -> list[np.ndarray]:
         if self._engine is None:
             self._engine, self._tokenizer = self._engine_for(self.model_settings)
+        if self._online is not None:
+            return decode_chunks(self._engine, records, self._online)
         return decode_chunks(self._engine, records)
 
 

@@ -1,0 +1,289 @@
+"""The online model: what the file itself has taught so far, mixed exactly into the model's rows.
+
+Two parts, both in integers only, so a decoder reproduces every row bit for bit:
+
+- a **match model** over tokens: the most recent earlier place where the last `match_order`
+  tokens occurred (a hash table of positions, checked token by token), and the token that
+  followed there is the *candidate* for the next token; while the candidate keeps coming true
+  the match runs on and grows longer;
+- a **secondary estimate** of "the next token is the candidate": an adaptive table indexed by
+  the match length and the model's own probability of the candidate (in log-odds, interpolated
+  between nodes one bit apart), whose cells count hits and trials.
+
+The mixed row gives the candidate that estimated probability and scales every other entry of
+the model's row by one common integer factor (`mix_rows`); rows without a candidate are the
+model's rows unchanged.
+
+The file's rule for parallel decoding (docs/FORMAT.md, "The online model"): model chunks are
+decoded in *units* (a coded group's model chunks, cut into runs of at most `unit_chunks`), all
+chunks of a unit in lockstep. At step t of a unit, every chunk's match model has seen every
+token that any chunk of the unit holds at positions < t, plus every model-coded token of
+earlier units; its secondary estimate has seen the table as left by earlier units plus its own
+chunk's positions < t. Encoder and decoder both walk a unit step by step through `predict` and
+`observe`, so they apply the very same rule.
+"""
+
+from __future__ import annotations
+
+from array import array
+from fractions import Fraction
+
+import numpy as np
+
+from .errors import FormatError
+
+ONLINE_VERSION = 1
+ROW_TOTAL_BITS = 30  # exact engines' rows sum to 2**30
+PROBABILITY_BITS = 16  # the secondary estimate's resolution
+MATCH_ORDERS = (4, 2, 1)  # tokens of context a match must share before it predicts, longest tried first
+MATCH_CHECK = 32  # tokens compared backwards when a match is found (its starting length)
+HASH_BITS = 22  # match-table slots: 4 M positions remembered
+LENGTH_CONTEXTS = 24  # match-length buckets of the secondary estimate
+STRETCH_FRACTION = 256  # log-odds in 1/256 bit
+STRETCH_NODES = 25  # nodes at -12 .. +12 bits of the model's log-odds for the candidate
+PRIOR_WEIGHT = 2 * STRETCH_FRACTION  # a node starts as two observations of the identity mapping
+COUNT_LIMIT = 1024 * STRETCH_FRACTION  # older observations fade past this many trials per node
+
+_MASK64 = (1 << 64) - 1
+
+
+def online_settings(unit_chunks: int) -> dict:
+    """The model record's "online" key: the rule's version, which fixes every constant above
+    (docs/FORMAT.md lists them; tests pin the bits they give), and the unit size."""
+    return {"version": ONLINE_VERSION, "unit_chunks": unit_chunks}
+
+
+def check_settings(settings) -> int:
+    """The unit size of a recorded online model; refuses settings this llmzip does not have."""
+    unit_chunks = settings.get("unit_chunks") if isinstance(settings, dict) else None
+    if not isinstance(unit_chunks, int) or isinstance(unit_chunks, bool) or unit_chunks <= 0 \
+            or settings != online_settings(unit_chunks):
+        raise FormatError(f"the file uses an online model this llmzip does not have ({settings}; this llmzip has "
+                          f"version {ONLINE_VERSION}); use the llmzip version that made it")
+    return unit_chunks
+
+
+def unit_sizes(count: int, unit_chunks: int) -> list[int]:
+    """How a group's `count` model chunks are cut into units, in order."""
+    return [min(unit_chunks, count - start) for start in range(0, count, unit_chunks)]
+
+
+# -- integer log-odds -----------------------------------------------------------------------------
+
+def _log2_table(bits: int = 10) -> list[int]:
+    """floor(256 · log2(1 + i / 2**bits)) for every i, found with integers only."""
+    table = []
+    one = 1 << bits
+    for i in range(one):
+        power = (one + i) ** STRETCH_FRACTION  # 2**(k/256) <= (1 + i/one)  <=>  2**k · one**256 <= (one + i)**256
+        k = table[-1] if table else 0
+        while (1 << (k + 1)) * one**STRETCH_FRACTION <= power:
+            k += 1
+        table.append(k)
+    return table
+
+
+_LOG2_MANTISSA = _log2_table()
+
+
+def log2_fixed(n: int) -> int:
+    """log2(n) in 1/256 bit, rounded down through a 10-bit mantissa table (n >= 1)."""
+    exponent = n.bit_length() - 1
+    mantissa = (n << 10 >> exponent) - 1024 if exponent < 10 else (n >> (exponent - 10)) - 1024
+    return exponent * STRETCH_FRACTION + _LOG2_MANTISSA[mantissa]
+
+
+def _node_prior(node: int) -> int:
+    """The identity mapping at a node: probability 2**s / (1 + 2**s) for s = node − 12 bits."""
+    odds = Fraction(2) ** (node - STRETCH_NODES // 2)
+    return int(odds / (1 + odds) * (1 << PROBABILITY_BITS))
+
+
+_PRIORS = [_node_prior(node) for node in range(STRETCH_NODES)]
+
+
+def length_context(length: int) -> int:
+    """Match lengths in buckets: one per token up to 15, then four tokens per bucket."""
+    return length if length < 16 else min(LENGTH_CONTEXTS - 1, 12 + length // 4)
+
+
+# -- the mixed row --------------------------------------------------------------------------------
+
+def mix_rows(weights: np.ndarray, candidates: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The rows handed to the coder: weights (N, V) summing to 2**30, candidates (N,) (−1: none),
+    probabilities (N,) in 2**-16 (0: leave the row). Encoder and decoder both come through here.
+
+    A mixed row gives the candidate probability p and scales every other entry by
+    f = floor((2**30 − p·2**30) · 2**30 / rest), rest being what the model gave the others;
+    entries stay below 2**60, and the candidate takes what the floors leave, so the row sums to
+    exactly 2**30 with no entry negative.
+    """
+    rows = np.flatnonzero((candidates >= 0) & (probabilities > 0))
+    if len(rows) == 0:
+        return weights
+    mixed = np.array(weights, dtype=np.int64, copy=True)
+    total = 1 << ROW_TOTAL_BITS
+    chosen = candidates[rows].astype(np.int64)
+    rest = total - mixed[rows, chosen]  # > 0: online.target leaves rows where the candidate has it all
+    target = probabilities[rows].astype(np.int64) << (ROW_TOTAL_BITS - PROBABILITY_BITS)
+    factor = ((total - target) << ROW_TOTAL_BITS) // rest
+    block = mixed[rows]
+    block *= factor[:, None]
+    block >>= ROW_TOTAL_BITS
+    block[np.arange(len(rows)), chosen] = 0
+    block[np.arange(len(rows)), chosen] = total - block.sum(axis=1)
+    mixed[rows] = block
+    return mixed
+
+
+# -- the online model -----------------------------------------------------------------------------
+
+class OnlineModel:
+    """One stream's online state. A unit is walked step by step: `predict` for every chunk of
+    the step, the rows are mixed and coded, then `learn` and `observe` for every chunk.
+
+    `checkpoint` / `rollback` let the encoder take back units that end up not model-coded (a
+    group replaced by xz), since the decoder never sees those.
+    """
+
+    def __init__(self, settings: dict):
+        check_settings(settings)
+        self.unit_chunks = settings["unit_chunks"]
+        self.tokens = array("q")  # every model-coded token so far, chunk after chunk
+        self.known = bytearray()  # 1 where that token has been observed
+        # per order: context hash -> position of the token that followed that context
+        self.tables = [[-1] * (1 << HASH_BITS) for _ in MATCH_ORDERS]
+        self.hits = [0] * (LENGTH_CONTEXTS * STRETCH_NODES)  # per cell, in 1/256 observations
+        self.trials = [0] * (LENGTH_CONTEXTS * STRETCH_NODES)
+        self._undo: list[tuple[list, int, int]] = []  # (table, slot, old position) of writes since the last commit
+        self._begin_unit([])
+
+    # -- checkpoints (encoder only) --
+
+    def checkpoint(self) -> tuple:
+        return len(self.tokens), len(self._undo), list(self.hits), list(self.trials)
+
+    def rollback(self, mark: tuple) -> None:
+        size, undo_size, self.hits, self.trials = mark[0], mark[1], list(mark[2]), list(mark[3])
+        del self.tokens[size:]
+        del self.known[size:]
+        while len(self._undo) > undo_size:
+            table, slot, old = self._undo.pop()
+            table[slot] = old
+        self._begin_unit([])
+
+    def commit(self) -> None:
+        """Nothing before now will be rolled back."""
+        self._undo.clear()
+
+    # -- a unit --
+
+    def _begin_unit(self, lengths: list[int]) -> None:
+        self.bases = []
+        for length in lengths:
+            self.bases.append(len(self.tokens))
+            self.tokens.frombytes(bytes(8 * length))
+            self.known.extend(bytes(length))
+        self.pointer = [-1] * len(lengths)  # position of each chunk's candidate, −1: no match
+        self.length = [0] * len(lengths)
+        cells = len(self.hits)
+        self.own_hits = [[0] * cells for _ in lengths]  # each chunk's observations in this unit
+        self.own_trials = [[0] * cells for _ in lengths]
+
+    def begin_unit(self, lengths: list[int]) -> None:
+        if len(lengths) > self.unit_chunks:
+            raise ValueError("a unit holds at most unit_chunks chunks")
+        self._begin_unit(lengths)
+
+    def end_unit(self) -> None:
+        """Fold every chunk's observations into the shared table; old counts fade past the limit."""
+        hits, trials = self.hits, self.trials
+        for own_hits, own_trials in zip(self.own_hits, self.own_trials):
+            for cell, count in enumerate(own_trials):
+                if count:
+                    hits[cell] += own_hits[cell]
+                    trials[cell] += count
+        for cell, count in enumerate(trials):
+            if count > COUNT_LIMIT:
+                hits[cell] = hits[cell] * COUNT_LIMIT // count
+                trials[cell] = COUNT_LIMIT
+        self._begin_unit([])
+
+    def _slot(self, end: int, order: int) -> int:
+        """The table slot for the `order` tokens before position `end`."""
+        key = order
+        for token in self.tokens[end - order : end]:
+            key = (key * 0x100000001B3 + token + 1) & _MASK64
+        return ((key * 0x9E3779B97F4A7C15) & _MASK64) >> (64 - HASH_BITS)
+
+    def predict(self, chunk: int, step: int) -> tuple[int, int]:
+        """(candidate token or −1, its match length) for position `step` of `chunk`."""
+        pointer = self.pointer[chunk]
+        if pointer >= 0:
+            return self.tokens[pointer], self.length[chunk]
+        here = self.bases[chunk] + step
+        tokens, known = self.tokens, self.known
+        for order, table in zip(MATCH_ORDERS, self.tables):
+            if step < order:
+                continue
+            found = table[self._slot(here, order)]
+            if found < 0:
+                continue
+            length = 0
+            while (length < MATCH_CHECK and length < step and length < found
+                   and known[found - 1 - length] and tokens[found - 1 - length] == tokens[here - 1 - length]):
+                length += 1
+            if length >= order:  # else another context in the same slot
+                self.pointer[chunk], self.length[chunk] = found, length
+                return tokens[found], length
+        return -1, 0
+
+    def observe(self, chunk: int, step: int, token: int) -> None:
+        """Token `token` is position `step` of `chunk`: store it, run the match on, remember the context."""
+        here = self.bases[chunk] + step
+        self.tokens[here] = token
+        self.known[here] = 1
+        pointer = self.pointer[chunk]
+        if pointer >= 0:
+            if self.tokens[pointer] == token and pointer + 1 < len(self.known) and self.known[pointer + 1]:
+                self.pointer[chunk] = pointer + 1
+                self.length[chunk] += 1
+            else:
+                self.pointer[chunk], self.length[chunk] = -1, 0
+        for order, table in zip(MATCH_ORDERS, self.tables):
+            if step >= order:
+                slot = self._slot(here, order)
+                self._undo.append((table, slot, table[slot]))
+                table[slot] = here
+
+    def target(self, chunk: int, length: int, weight: int) -> tuple[int, int, int]:
+        """The candidate's probability in 2**-16 (0: leave the row as the model made it), and the
+        cell and interpolation weight to learn from, given the model's weight for the candidate."""
+        rest = (1 << ROW_TOTAL_BITS) - weight
+        if weight <= 0 or rest <= 0:
+            return 0, 0, 0
+        stretch = log2_fixed(weight) - log2_fixed(rest) + (STRETCH_NODES // 2) * STRETCH_FRACTION
+        if stretch >= (STRETCH_NODES - 1) * STRETCH_FRACTION:
+            return 0, 0, 0  # the model is surer than the table can say
+        stretch = max(stretch, 0)
+        node, fraction = divmod(stretch, STRETCH_FRACTION)
+        cell = length_context(length) * STRETCH_NODES + node
+        low = self._estimate(chunk, cell, node)
+        high = self._estimate(chunk, cell + 1, node + 1)
+        probability = (low * (STRETCH_FRACTION - fraction) + high * fraction) // STRETCH_FRACTION
+        return min(max(probability, 1), (1 << PROBABILITY_BITS) - 1), cell, fraction
+
+    def _estimate(self, chunk: int, cell: int, node: int) -> int:
+        hits = self.hits[cell] + self.own_hits[chunk][cell]
+        trials = self.trials[cell] + self.own_trials[chunk][cell]
+        return ((hits << PROBABILITY_BITS) + _PRIORS[node] * PRIOR_WEIGHT) // (trials + PRIOR_WEIGHT)
+
+    def learn(self, chunk: int, cell: int, fraction: int, hit: bool) -> None:
+        """Count one observation at the two nodes around the model's log-odds, by nearness."""
+        own_hits, own_trials = self.own_hits[chunk], self.own_trials[chunk]
+        low, high = STRETCH_FRACTION - fraction, fraction
+        own_trials[cell] += low
+        own_trials[cell + 1] += high
+        if hit:
+            own_hits[cell] += low
+            own_hits[cell + 1] += high

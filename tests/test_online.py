@@ -1,0 +1,257 @@
+"""The online model: exact mixed rows, the lockstep rule, round trips, settings in the file."""
+
+import hashlib
+import io
+import random
+
+import numpy as np
+import pytest
+
+import llmzip
+from llmzip import codec, coder, online
+from llmzip.errors import CorruptError, FormatError
+
+TOTAL = 1 << online.ROW_TOTAL_BITS
+
+
+def _random_rows(generator, count, vocabulary):
+    """Rows like an exact engine's: non-negative integers summing to 2**30, some entries zero."""
+    raw = generator.integers(0, 1 << 20, size=(count, vocabulary)) * (generator.random((count, vocabulary)) < 0.7)
+    raw[:, 0] += 1
+    rows = raw * TOTAL // raw.sum(axis=1, keepdims=True)
+    rows[:, 0] += TOTAL - rows.sum(axis=1)
+    return rows.astype(np.int64)
+
+
+def test_mixed_rows_sum_to_the_total_and_give_the_candidate_its_probability():
+    generator = np.random.default_rng(0)
+    rows = _random_rows(generator, 200, 300)
+    rows[5] = 0
+    rows[5, 7] = TOTAL - 1  # the model almost sure of one token
+    rows[5, 8] = 1
+    candidates = generator.integers(-1, 300, size=200)
+    candidates[5] = 8
+    probabilities = generator.integers(0, 1 << online.PROBABILITY_BITS, size=200)
+    mixed = online.mix_rows(rows, candidates, probabilities)
+    assert mixed.dtype == np.int64 and (mixed >= 0).all()
+    assert (mixed.sum(axis=1) == TOTAL).all()
+    left = (candidates < 0) | (probabilities == 0)
+    assert (mixed[left] == rows[left]).all()  # rows without a target are the model's own
+    mixed_rows = np.flatnonzero(~left)
+    chosen = mixed[mixed_rows, candidates[mixed_rows]]
+    wanted = probabilities[mixed_rows] << (online.ROW_TOTAL_BITS - online.PROBABILITY_BITS)
+    assert (chosen >= wanted).all() and (chosen - wanted <= rows.shape[1]).all()
+    assert mixed[5, 8] >= wanted[list(mixed_rows).index(5)]
+
+
+def test_every_symbol_of_a_mixed_row_can_be_coded():
+    generator = np.random.default_rng(1)
+    rows = _random_rows(generator, 64, 50)
+    candidates = np.arange(64) % 50
+    probabilities = np.full(64, (1 << online.PROBABILITY_BITS) - 1)  # the candidate takes almost everything
+    mixed = online.mix_rows(rows, candidates, probabilities)
+    symbols = (np.arange(64) * 7 + 1) % 50  # mostly not the candidate, often zero-weight entries
+    assert (mixed[np.arange(64), symbols] == 0).any()
+    payload = coder.encode(symbols, mixed)
+    decoder = coder.Decoder(payload)
+    assert [int(decoder.decode(mixed[i : i + 1])[0]) for i in range(64)] == symbols.tolist()
+
+
+def test_log_odds_are_integer_and_monotone():
+    values = [online.log2_fixed(n) for n in range(1, 5000)]
+    assert all(isinstance(value, int) for value in values)
+    assert values == sorted(values)
+    assert online.log2_fixed(1 << 20) == 20 * online.STRETCH_FRACTION
+    assert abs(online.log2_fixed(3 << 28) - round(np.log2(3 << 28) * 256)) <= 1
+
+
+def _walk(model, chunks):
+    """Predictions of one unit, walked step by step as encoder and decoder do."""
+    lengths = [len(chunk) for chunk in chunks]
+    model.begin_unit(lengths)
+    predictions = {}
+    for step in range(max(lengths)):
+        active = [row for row, length in enumerate(lengths) if step < length]
+        for row in active:
+            predictions[row, step] = model.predict(row, step)
+        for row in active:
+            model.observe(row, step, chunks[row][step])
+    model.end_unit()
+    return predictions
+
+
+def _settings():
+    return online.online_settings(4)
+
+
+def test_a_chunk_sees_what_other_chunks_of_its_unit_held_at_earlier_positions():
+    phrase = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    first = [1, 2] + phrase + [3] * 10
+    second = [20, 21, 22] + phrase + [4] * 10  # the phrase one position later than in `first`
+    predictions = _walk(online.OnlineModel(_settings()), [first, second])
+    # After four tokens of the phrase, chunk 1 follows chunk 0, which held them one step earlier.
+    assert predictions[1, 3 + 4] == (phrase[4], 4)
+    assert predictions[1, 3 + 9][0] == phrase[9]
+    # Chunk 0 is one step ahead: chunk 1's copy is not there yet when chunk 0 needs it.
+    assert predictions[0, 2 + 4] == (-1, 0)
+
+
+def test_predictions_do_not_depend_on_later_positions_of_any_chunk():
+    generator = random.Random(2)
+    chunks = [[generator.randrange(6) for _ in range(60)] for _ in range(3)]
+    reference = _walk(online.OnlineModel(_settings()), chunks)
+    for cut in (10, 31, 59):
+        changed = [chunk[:cut] + [generator.randrange(6, 9) for _ in chunk[cut:]] for chunk in chunks]
+        predictions = _walk(online.OnlineModel(_settings()), changed)
+        assert {key: value for key, value in predictions.items() if key[1] <= cut} == \
+               {key: value for key, value in reference.items() if key[1] <= cut}
+    assert any(candidate >= 0 for candidate, _ in reference.values())  # the rule was exercised
+
+
+def test_earlier_units_are_seen_whole_and_rollback_forgets_a_unit():
+    phrase = list(range(30, 50))
+    model = online.OnlineModel(_settings())
+    _walk(model, [[1] * 5 + phrase])
+    mark = model.checkpoint()
+    _walk(model, [[2] * 5 + phrase[::-1]])
+    model.rollback(mark)
+    predictions = _walk(model, [[3] + phrase])
+    assert predictions[0, 1 + 4] == (phrase[4], 4)  # learnt from the first unit, not the forgotten one
+    assert predictions[0, 1 + 19][0] == phrase[19]
+
+
+def test_decoder_refuses_online_settings_it_does_not_have():
+    with pytest.raises(FormatError):
+        online.check_settings({**_settings(), "version": online.ONLINE_VERSION + 1})
+    with pytest.raises(FormatError):
+        online.check_settings({**_settings(), "match_orders": [3]})
+    with pytest.raises(FormatError):
+        online.check_settings({"version": online.ONLINE_VERSION, "unit_chunks": 0})
+    assert online.unit_sizes(10, 4) == [4, 4, 2]
+
+
+TEXT = (b"<record id='%d'><author>Ada Lovelace</author><title>Notes on the Analytical Engine</title>"
+        b"<year>1843</year></record>\n")
+
+
+def _structured(count=60):
+    return b"".join(TEXT.replace(b"%d", str(i * 37 % 1000).encode()) for i in range(count))
+
+
+@pytest.mark.parametrize("xz_fallback", [False, True])
+def test_round_trip_with_a_small_generated_model(tiny_model, one_thread, xz_fallback):
+    from conftest import SAMPLE_TEXT
+
+    data = (SAMPLE_TEXT * 5).encode() + _structured(6)
+    compressor = llmzip.Compressor(model=tiny_model, engine="exact", chunk_tokens=40, batch_size=3,
+                                   xz_fallback=xz_fallback, online=True)
+    output = io.BytesIO()
+    summary = compressor.copy_stream(io.BytesIO(data), output)
+    packed = output.getvalue()
+    settings = llmzip.info(packed).model_settings
+    assert llmzip.decompress(packed, model=tiny_model) == data
+    if not xz_fallback:  # (with it, xz wins this repetitive text outright)
+        assert settings["online"] == online.online_settings(3)
+        assert summary.model_bits < summary.model_alone_bits  # repeats beyond a chunk's context cost less
+    alone = llmzip.compress(data, model=tiny_model, engine="exact", chunk_tokens=40, batch_size=3,
+                            xz_fallback=xz_fallback, online=False)
+    assert "online" not in (llmzip.info(alone).model_settings or {})
+
+
+def test_round_trip_with_the_fast_level_in_several_units(one_thread, monkeypatch):
+    data = _structured(120) + b"A paragraph of prose between the records, not repeated anywhere.\n" + _structured(40)
+    packed = llmzip.compress(data, level=1, batch_size=4, xz_fallback=False, online=True)
+    details = llmzip.info(packed)
+    assert details.model_settings["online"]["unit_chunks"] == 4 and details.chunks["model"] > 8
+    # The decoder's own lockstep limit does not reach the online model's units.
+    monkeypatch.setattr(codec, "LOCKSTEP_CHUNKS", 2)
+    assert llmzip.decompress(packed) == data
+    assert len(packed) < len(llmzip.compress(data, level=1, batch_size=4, xz_fallback=False, online=False))
+
+
+def test_groups_replaced_by_xz_are_forgotten_by_the_encoder(one_thread, monkeypatch):
+    """A group coded and then replaced by xz is never seen by the decoder's online model, so the
+    encoder takes it back: both end with the same online state."""
+    monkeypatch.setattr(codec, "BLOCK_BYTES", 1500)  # xz over a span is weighed every 1,500 bytes
+    generator = random.Random(3)
+    lines = [b"<row><k>alpha</k><v>1</v></row>\n", b"<row><k>beta</k><v>22</v></row>\n", b"<row><k>gamma</k></row>\n"]
+    prose = " ".join(module.__doc__ for module in (online, codec, coder, llmzip.api)).encode()
+    data = prose[:1500] + b"".join(generator.choice(lines) for _ in range(120)) + prose[1500:]
+    compressor = llmzip.Compressor(level=1, chunk_tokens=32, batch_size=4, online=True)
+    output = io.BytesIO()
+    writer = compressor.stream_writer(output)
+    writer.write(data)
+    writer.close()
+    packed = output.getvalue()
+    details = llmzip.info(packed)
+    assert details.chunks["xz"] > 0 and details.chunks["model"] > 0
+    reader = llmzip.Decompressor().stream_reader(io.BytesIO(packed))
+    assert b"".join(reader) == data
+    encoded, decoded = writer.online, reader._online
+    assert len(encoded.tokens) == sum(chunk.token_count for chunk in _model_chunks(packed))
+    assert encoded.tokens == decoded.tokens and encoded.known == decoded.known
+    assert (encoded.hits, encoded.trials) == (decoded.hits, decoded.trials) and encoded.tables == decoded.tables
+
+
+def _model_chunks(packed):
+    from llmzip import container
+
+    source = io.BytesIO(packed)
+    header = container.read_header(source)
+    chunks = []
+    while not isinstance(record := container.read_record(source, container.MAX_GROUP_CHUNKS,
+                                                         header["format_version"]), container.EndRecord):
+        if isinstance(record, list):
+            chunks += [chunk for chunk in record if chunk.kind == container.CHUNK_MODEL]
+    return chunks
+
+
+def _sample(copies=4):
+    from conftest import SAMPLE_TEXT
+
+    return (SAMPLE_TEXT * copies).encode()
+
+
+def test_unknown_online_settings_in_a_file_are_refused(tiny_model, one_thread, monkeypatch):
+    packed = llmzip.compress(_sample(), model=tiny_model, engine="exact", chunk_tokens=40, batch_size=2,
+                             xz_fallback=False, online=True)
+    monkeypatch.setattr(online, "ONLINE_VERSION", online.ONLINE_VERSION + 1)
+    with pytest.raises(FormatError, match="online"):
+        llmzip.decompress(packed, model=tiny_model)
+
+
+def test_damage_is_still_detected(tiny_model, one_thread):
+    packed = bytearray(llmzip.compress(_sample(), model=tiny_model, engine="exact", chunk_tokens=40,
+                                       batch_size=2, xz_fallback=False, online=True))
+    assert llmzip.info(bytes(packed)).chunks["model"] > 1
+    packed[-60] ^= 0x10
+    with pytest.raises(CorruptError):
+        llmzip.decompress(bytes(packed), model=tiny_model)
+
+
+def test_off_switch_and_model_only_give_the_model_alone(tiny_model, one_thread):
+    data = _sample()
+    options = dict(model=tiny_model, engine="exact", chunk_tokens=40, batch_size=2)
+    assert llmzip.compress(data, xz_fallback=False, **options) == \
+           llmzip.compress(data, xz_fallback=False, online=False, **options)
+    summary_on = llmzip.Compressor(xz_fallback=False, online=True, **options)
+    assert summary_on.online and not llmzip.Compressor(online=False, **options).online
+
+
+def test_online_payloads_are_pinned(tiny_model, one_thread):
+    """The rule's bits, independent of the container: a change here is a format change."""
+    compressor = llmzip.Compressor(model=tiny_model, engine="exact", chunk_tokens=40, batch_size=3, online=True)
+    tokens = compressor.model.tokenizer.tokenize(_sample(6))
+    chunks = [tokens[start : start + 40] for start in range(0, len(tokens), 40)]
+    model = online.OnlineModel(compressor.model_settings()["online"])
+    digest = hashlib.sha256()
+    saved = 0.0
+    for first in range(0, len(chunks), 3):
+        for payload, bits, alone_bits in codec.encode_chunks(compressor.engine, chunks[first : first + 3], model):
+            digest.update(payload)
+            saved += alone_bits - bits
+    assert saved > 0
+    assert digest.hexdigest()[:16] == PINNED_PAYLOADS
+
+
+PINNED_PAYLOADS = "fc52c94ca6800a5e"
