@@ -255,3 +255,18 @@ def test_online_payloads_are_pinned(tiny_model, one_thread):
 
 
 PINNED_PAYLOADS = "fc52c94ca6800a5e"
+
+
+def test_explain_costs_tokens_with_the_online_model_as_the_compressor_does(one_thread):
+    from llmzip.explain import render_page, token_costs
+
+    data = _structured(30)
+    compressor = llmzip.Compressor(level=1, chunk_tokens=32, batch_size=4, xz_fallback=False, online=True)
+    output = io.BytesIO()
+    summary = compressor.copy_stream(io.BytesIO(data), output)
+    costs = token_costs(compressor, data)
+    assert costs.bits.sum() == pytest.approx(summary.model_bits, rel=1e-9)
+    assert costs.alone_bits.sum() == pytest.approx(summary.model_alone_bits, rel=1e-9)
+    assert costs.alone_bits.sum() > costs.bits.sum()
+    page = render_page("records", data, costs, model=compressor.model, engine_kind="exact", colour_by="online")
+    assert "online model saved" in page and 'class="m' in page and 'class="c8"' in page

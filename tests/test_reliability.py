@@ -380,9 +380,9 @@ def test_a_run_of_one_byte_skips_the_model_and_writes_the_same_bytes(monkeypatch
     runs = []
     real_encode = codec.encode_chunks
 
-    def counting(engine, token_lists):
+    def counting(engine, token_lists, *online):
         runs.append(sum(map(len, token_lists)))
-        return real_encode(engine, token_lists)
+        return real_encode(engine, token_lists, *online)
 
     monkeypatch.setattr(codec, "encode_chunks", counting)
     compressor = llmzip.Compressor(model="llmzip-tiny", device="cpu", chunk_tokens=32, batch_size=4)

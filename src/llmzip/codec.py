@@ -270,17 +270,19 @@ class StreamEncoder:
             self.progress(sum(record.raw_length for record in records))
 
 
-def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | None = None) -> list[tuple[bytes, float, float]]:
+def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | None = None,
+                  token_bits: list | None = None) -> list[tuple[bytes, float, float]]:
     """Each chunk's payload, its code length in bits and the model's own code length in bits
     (the same without the online model), coded together in one batch.
 
-    With an online model the chunks are one or more units (see online.py), coded in order.
+    With an online model the chunks are one or more units (see online.py), coded in order, and
+    `token_bits`, if given, receives each token's cost with and without it (for explain).
     """
     if online is not None:
         results = []
         start = 0
         for size in unit_sizes(len(token_lists), online.unit_chunks):
-            results += _encode_unit(engine, token_lists[start : start + size], online)
+            results += _encode_unit(engine, token_lists[start : start + size], online, token_bits, start)
             start += size
         return results
     encoders = [coder.Encoder() for _ in token_lists]
@@ -299,7 +301,8 @@ def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | N
     return [(encoder.finish(), row_bits, row_bits) for encoder, row_bits in zip(encoders, bits)]
 
 
-def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel) -> list[tuple[bytes, float, float]]:
+def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, token_bits: list | None = None,
+                 first: int = 0) -> list[tuple[bytes, float, float]]:
     """One unit with the online model. Its token-only part (the match model) depends on no row,
     so it is walked first, step by step across the unit exactly as the decoder will; the full
     pass's rows then arrive chunk by chunk, and each chunk's secondary estimate, which sees only
@@ -331,20 +334,26 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel) -> 
                 probabilities[offset] = probability
                 online.learn(index, cell, fraction, candidate == symbols[offset])
         mixed = mix_rows(weights, piece_candidates, probabilities)
-        alone_bits[index] += float(coder.code_length_bits(symbols, weights).sum())
-        bits[index] += float(coder.code_length_bits(symbols, mixed).sum())
+        piece_alone, piece_bits = coder.code_length_bits(symbols, weights), coder.code_length_bits(symbols, mixed)
+        alone_bits[index] += float(piece_alone.sum())
+        bits[index] += float(piece_bits.sum())
+        if token_bits is not None:
+            token_bits.append((first + index, start, piece_bits, piece_alone))
         encoders[index].encode(symbols, mixed)
     online.end_unit()
     return [(encoder.finish(), row_bits, alone) for encoder, row_bits, alone in zip(encoders, bits, alone_bits)]
 
 
-def decode_chunks(engine, records: list[ChunkRecord], online: OnlineModel | None = None) -> list[np.ndarray]:
-    """The chunks' tokens; with an online model the records are one or more units, decoded in order."""
-    if online is not None:
-        decoded = []
-        for size in unit_sizes(len(records), online.unit_chunks):
-            decoded += _decode_unit(engine, records[len(decoded) : len(decoded) + size], online)
-        return decoded
+def decode_units(engine, records: list[ChunkRecord], online: OnlineModel) -> list[np.ndarray]:
+    """The tokens of a group's model chunks coded with an online model: its units, in order.
+    Unlike decode_chunks, the result depends on the online model's state as well."""
+    decoded: list[np.ndarray] = []
+    for size in unit_sizes(len(records), online.unit_chunks):
+        decoded += _decode_unit(engine, records[len(decoded) : len(decoded) + size], online)
+    return decoded
+
+
+def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
     decoders = [coder.Decoder(record.payload) for record in records]
     decoded = [np.empty(record.token_count, dtype=np.int64) for record in records]
 
@@ -543,7 +552,7 @@ class StreamDecoder:
         if self._engine is None:
             self._engine, self._tokenizer = self._engine_for(self.model_settings)
         if self._online is not None:
-            return decode_chunks(self._engine, records, self._online)
+            return decode_units(self._engine, records, self._online)
         return decode_chunks(self._engine, records)
 
 

@@ -30,6 +30,10 @@ SCALE_BITS = 16  # top of the colour scale; costlier tokens get the darkest colo
 _STOPS = [(0.0, (240, 249, 232)), (2.0, (204, 235, 197)), (4.0, (255, 247, 188)), (6.0, (254, 227, 145)),
           (8.0, (254, 196, 79)), (10.0, (254, 153, 41)), (12.0, (236, 112, 20)), (14.0, (204, 76, 2)),
           (16.0, (140, 45, 4))]
+# With --colour online: bits the online model saved on a token, from costlier (red) to saved (blue).
+SAVED_LOW, SAVED_HIGH = -4, 8
+_SAVED_STOPS = [(-4.0, (215, 48, 39)), (-1.0, (252, 174, 145)), (0.0, (250, 250, 250)), (1.0, (198, 219, 239)),
+                (4.0, (107, 174, 214)), (8.0, (8, 69, 148))]
 ROW_BUDGET = 1 << 25  # weight entries held at once when asking an engine for full-pass rows
 
 
@@ -40,6 +44,7 @@ class TokenCosts:
     token_bytes: list[bytes]  # the bytes each token stands for
     chunks: int
     chunk_tokens: int  # the compressor's chunk length
+    alone_bits: np.ndarray | None = None  # (T,) under the model's rows alone, when the online model is on
 
 
 def token_costs(compressor, data: bytes) -> TokenCosts:
@@ -48,12 +53,34 @@ def token_costs(compressor, data: bytes) -> TokenCosts:
     tokens = tokenizer.tokenize(data)
     size = compressor.chunk_tokens
     chunks = [tokens[start : start + size] for start in range(0, len(tokens), size)]
+    token_bytes = [tokenizer.token_bytes[t] for t in tokens]
+    if compressor.online:
+        bits, alone_bits = online_bits(compressor, chunks)
+        return TokenCosts(tokens, bits, token_bytes, len(chunks), size, alone_bits)
     bits = []
     # Chunks go in the compressor's groups, so a float engine sees the batch shapes it codes with.
     for first in range(0, len(chunks), compressor.batch_size):
         bits += chunk_bits(compressor.engine, chunks[first : first + compressor.batch_size])
-    return TokenCosts(tokens, np.concatenate(bits) if bits else np.zeros(0), [tokenizer.token_bytes[t] for t in tokens],
-                      len(chunks), size)
+    return TokenCosts(tokens, np.concatenate(bits) if bits else np.zeros(0), token_bytes, len(chunks), size)
+
+
+def online_bits(compressor, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every token's cost with the online model and under the model alone, through the encoder's
+    own path: the chunks in the compressor's groups and units, as when all of them are model-coded."""
+    from .codec import encode_chunks
+    from .online import OnlineModel
+
+    online = OnlineModel(compressor.model_settings()["online"])
+    bits = [np.zeros(len(chunk)) for chunk in chunks]
+    alone_bits = [np.zeros(len(chunk)) for chunk in chunks]
+    for first in range(0, len(chunks), compressor.batch_size):
+        pieces: list = []
+        encode_chunks(compressor.engine, chunks[first : first + compressor.batch_size], online, token_bits=pieces)
+        for index, start, piece_bits, piece_alone in pieces:
+            bits[first + index][start : start + len(piece_bits)] = piece_bits
+            alone_bits[first + index][start : start + len(piece_alone)] = piece_alone
+    empty = np.zeros(0)
+    return (np.concatenate(bits) if bits else empty), (np.concatenate(alone_bits) if alone_bits else empty)
 
 
 def chunk_bits(engine, chunks: list[np.ndarray]) -> list[np.ndarray]:
@@ -147,13 +174,17 @@ def token_repr(piece: bytes) -> str:
 # -- the page -------------------------------------------------------------------------------------
 
 
-def colour(bits: float) -> tuple[int, int, int]:
-    value = min(max(bits, 0.0), SCALE_BITS)
-    for (low, low_colour), (high, high_colour) in zip(_STOPS, _STOPS[1:]):
+def colour(bits: float, stops=_STOPS) -> tuple[int, int, int]:
+    value = min(max(bits, stops[0][0]), stops[-1][0])
+    for (low, low_colour), (high, high_colour) in zip(stops, stops[1:]):
         if value <= high:
             fraction = (value - low) / (high - low)
             return tuple(round(a + (b - a) * fraction) for a, b in zip(low_colour, high_colour))
-    return _STOPS[-1][1]
+    return stops[-1][1]
+
+
+def _class(level: int) -> str:
+    return f"c{level}" if level >= 0 else f"m{-level}"
 
 
 def _bucket(bits: float) -> int:
@@ -210,8 +241,10 @@ ol.spans code { white-space: pre-wrap; background: #f6f6f6; padding: 0.1em 0.3em
 
 
 def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind: str, top: int = 10,
-                window: int = 16, comparison: dict[str, float] | None = None) -> str:
-    """The whole HTML page as a string."""
+                window: int = 16, comparison: dict[str, float] | None = None, colour_by: str = "cost") -> str:
+    """The whole HTML page as a string; `colour_by` "online" colours tokens by the bits the online
+    model saved on them instead of by their cost."""
+    by_saving = colour_by == "online" and costs.alone_bits is not None
     groups = group_tokens(costs.token_bytes)
     spans = surprising_spans(costs.bits, window=window, count=top, groups=groups)
     opening = {start: rank for rank, (start, _, _) in enumerate(spans, 1)}  # token index -> span rank
@@ -219,26 +252,35 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
     total_bits = float(costs.bits.sum())
     size = len(data)
 
-    styles = [f".c{level} {{ background: rgb{colour(level)}; }}" for level in range(SCALE_BITS + 1)]
-    styles += [f".c{level} {{ color: #fff; }}" for level in range(SCALE_BITS + 1) if sum(colour(level)) < 400]
+    levels = range(SAVED_LOW, SAVED_HIGH + 1) if by_saving else range(SCALE_BITS + 1)
+    stops = _SAVED_STOPS if by_saving else _STOPS
+    styles = [f".{_class(level)} {{ background: rgb{colour(level, stops)}; }}" for level in levels]
+    styles += [f".{_class(level)} {{ color: #fff; }}" for level in levels if sum(colour(level, stops)) < 400]
 
     pieces = []
     for start, end in groups:
         group_bits = float(costs.bits[start:end].sum())
+        shown_level, learnt = _bucket(group_bits), ""
+        if costs.alone_bits is not None:
+            saved = float(costs.alone_bits[start:end].sum()) - group_bits
+            learnt = f"model alone {group_bits + saved:.2f}, online model saved {saved:.2f} · "
+            if by_saving:
+                shown_level = int(min(max(round(saved), SAVED_LOW), SAVED_HIGH))
         if end - start == 1:
-            title = f"{token_repr(costs.token_bytes[start])} · {costs.bits[start]:.2f} bits"
+            title = f"{token_repr(costs.token_bytes[start])} · {learnt}{costs.bits[start]:.2f} bits"
         else:
             parts = " + ".join(f"{bits:.2f}" for bits in costs.bits[start:end])
-            title = f"{end - start} tokens ({' | '.join(token_repr(p) for p in costs.token_bytes[start:end])}) · {parts} = {group_bits:.2f} bits"
+            title = (f"{end - start} tokens ({' | '.join(token_repr(p) for p in costs.token_bytes[start:end])}) · "
+                     f"{learnt}{parts} = {group_bits:.2f} bits")
         if start in opening:
             pieces.append(f'<span class="hot" id="span{opening[start]}">')
         text = visible_html(b"".join(costs.token_bytes[start:end]))
-        pieces.append(f'<span class="c{_bucket(group_bits)}" title="{html.escape(title, quote=True)}">{text}</span>')
+        pieces.append(f'<span class="{_class(shown_level)}" title="{html.escape(title, quote=True)}">{text}</span>')
         if end in closing:
             pieces.append("</span>")
 
-    legend = "".join(f'<div><span class="c{level}"></span>{level}{"+" if level == SCALE_BITS else ""}</div>'
-                     for level in range(0, SCALE_BITS + 1, 2))
+    legend = "".join(f'<div><span class="{_class(level)}"></span>{level}{"+" if level == levels[-1] else ""}</div>'
+                     for level in levels[::2])
     rows = [
         ("file", html.escape(name)),
         ("model", f"{html.escape(model.name)} ({model.parameters:,} parameters, {engine_kind} engine)"),
@@ -248,6 +290,10 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
         ("bits per byte", f"{total_bits / size:.3f}" if size else "–"),
         ("bits per token", f"{total_bits / len(costs.bits):.2f}" if len(costs.bits) else "–"),
     ]
+    if costs.alone_bits is not None:
+        saved_bits = float(costs.alone_bits.sum()) - total_bits
+        rows.append(("online model saved", f"{saved_bits:,.1f} bits ({saved_bits / 8:,.0f} bytes, "
+                                           f"{100 * saved_bits / max(float(costs.alone_bits.sum()), 1e-9):.1f}% of the model alone)"))
     for label, value in (comparison or {}).items():
         rows.append((f"{html.escape(label)}, for comparison", f"{value:.3f} bits per byte"))
     totals = "".join(f"<tr><td>{label}</td><td>{value}</td></tr>" for label, value in rows)
@@ -275,7 +321,7 @@ spends on it. Chunks of up to {costs.chunk_tokens} tokens start from a fresh con
 Hover over a token to see its cost.</p>
 <h2>Totals</h2>
 <table class="totals">{totals}</table>
-<h2>Legend: bits per token</h2>
+<h2>Legend: {"bits the online model saved per token (negative: it cost more)" if by_saving else "bits per token"}</h2>
 <div class="legend">{legend}</div>
 <h2>Most surprising spans</h2>
 <ol class="spans">{''.join(span_items) or '<li>(no tokens)</li>'}</ol>
@@ -301,15 +347,19 @@ def add_explain_arguments(parser) -> None:
     parser.add_argument("--max-bytes", type=int, metavar="N", help="explain only the first N bytes")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="how many surprising spans to list (default 10)")
     parser.add_argument("--window", type=int, default=16, metavar="N", help="tokens per surprising span (default 16)")
+    parser.add_argument("--no-online", dest="online", action="store_false", default=None,
+                        help="cost tokens under the model alone (default: with the online model, as the compressor does)")
+    parser.add_argument("--colour", choices=("cost", "online"), default="cost",
+                        help="colour tokens by their cost (default) or by the bits the online model saved on them")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing page")
 
 
 def explain(data: bytes, compressor, *, name: str = "input", top: int = 10, window: int = 16,
-            comparison: dict[str, float] | None = None) -> str:
-    """The HTML page for `data` under the compressor's model, engine and chunking."""
+            comparison: dict[str, float] | None = None, colour_by: str = "cost") -> str:
+    """The HTML page for `data` under the compressor's model, engine, chunking and online model."""
     costs = token_costs(compressor, data)
     return render_page(name, data, costs, model=compressor.model, engine_kind=compressor.engine.settings.get("kind", "?"),
-                       top=top, window=window, comparison=comparison)
+                       top=top, window=window, comparison=comparison, colour_by=colour_by)
 
 
 def run_explain(args) -> int:
@@ -331,10 +381,11 @@ def run_explain(args) -> int:
     if output.exists() and not args.force:
         raise LLMZipError(f"{output} already exists; use -f to overwrite")
     compressor = Compressor(model=args.model, engine=args.engine, device=args.device, batch_size=args.batch_size,
-                            chunk_tokens=args.chunk_tokens)
+                            chunk_tokens=args.chunk_tokens, online=getattr(args, "online", None))
     xz = baseline("xz")
     comparison = {xz.label: 8 * len(xz.compress(data)) / len(data)} if data else {}
-    page = explain(data, compressor, name=name, top=args.top, window=args.window, comparison=comparison)
+    page = explain(data, compressor, name=name, top=args.top, window=args.window, comparison=comparison,
+                   colour_by=getattr(args, "colour", "cost"))
     temporary = output.with_name(output.name + ".partial")
     temporary.write_text(page, encoding="utf-8")
     temporary.replace(output)
