@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-bytes", type=int, help="measure the first N bytes of each file")
     parser.add_argument("--modes", default="alone,online,model-only,model-only+online")
     parser.add_argument("--results", default=str(RESULTS / "online_gain.jsonl"))
+    parser.add_argument("-T", "--threads", type=int, help="torch threads (one is steadier on a shared machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = Path(args.results)
     done = {}
     if results.exists():
