@@ -11,7 +11,9 @@ and then 2 worker slots (one worker process per slot, one thread each):
 Each is run once to start the workers and load the model, then --runs times; the fastest run is
 kept (on a shared machine the fastest is the one least disturbed by other work). For reference,
 the same work without Ray in this process on 1 thread. Every compressed file is compared with a
-local run's bytes, and the bench rows with each other.
+local run's bytes, and the bench rows with each other. For bench it also reports the round trips'
+own times added up, and so how many ran at a time: when two ran at once but the run was not twice
+as fast, each got less CPU than alone (other work on the machine).
 """
 
 from __future__ import annotations
@@ -37,14 +39,15 @@ SOURCES = ["canterbury/alice29.txt", "canterbury/lcet10.txt", "canterbury/plrabn
            "calgary/book2", "canterbury/asyoulik.txt"]
 
 
-def fastest(runs: int, action) -> float:
+def fastest(runs: int, action) -> tuple[float, object]:
+    """The fastest wall-clock time of `runs` runs, and what that run's action returned."""
     action()  # workers started and the model loaded: not what is being measured
-    times = []
+    timed = []
     for _ in range(runs):
         started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        value = action()
+        timed.append((time.perf_counter() - started, value))
+    return min(timed, key=lambda pair: pair[0])
 
 
 def run_quietly(argv: list[str]) -> None:
@@ -60,6 +63,12 @@ def bench_argv(files: list[Path], out: Path, shard_bytes: int) -> list[str]:
 def bits(out: Path) -> list:
     rows = json.loads((out / "results.json").read_text())["rows"]
     return [(row["file"], row["compressed_bytes"], row["verified"]) for row in rows]
+
+
+def task_seconds(out: Path) -> float:
+    """The round trips' own times added up: what the tasks took, wherever and whenever they ran."""
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return sum(row["compress_seconds"] + row["decompress_seconds"] for row in rows if row["scope"] == "file")
 
 
 def main_benchmark() -> None:
@@ -89,17 +98,24 @@ def main_benchmark() -> None:
                "files": [str(p.name) for p in files],
                "bytes_per_file": args.bytes, "shard_bytes": shard_bytes, "runs": args.runs, "seconds": {}}
     local_out = work / "local"
-    results["seconds"]["bench, no Ray, 1 thread"] = fastest(args.runs, lambda: run_quietly(
-        bench_argv(files, local_out, shard_bytes)))
+
+    def bench_run(argv: list[str], out: Path):
+        run_quietly(argv)
+        return task_seconds(out)
+
+    results["task_seconds"] = {}
+    seconds, tasks = fastest(args.runs, lambda: bench_run(bench_argv(files, local_out, shard_bytes), local_out))
+    results["seconds"]["bench, no Ray, 1 thread"], results["task_seconds"]["bench, no Ray, 1 thread"] = seconds, tasks
     for workers in (1, 2):
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         try:
             out = work / f"ray{workers}"
-            results["seconds"][f"bench, {workers} worker(s)"] = fastest(args.runs, lambda: run_quietly(
-                bench_argv(files, out, shard_bytes) + ["--ray"]))
+            name = f"bench, {workers} worker(s)"
+            results["seconds"][name], results["task_seconds"][name] = fastest(
+                args.runs, lambda: bench_run(bench_argv(files, out, shard_bytes) + ["--ray"], out))
             if bits(out) != bits(local_out):
                 raise SystemExit("bench on Ray differs from the local run: this is a bug")
-            results["seconds"][f"compress, {workers} worker(s)"] = fastest(args.runs, compress_on_ray)
+            results["seconds"][f"compress, {workers} worker(s)"] = fastest(args.runs, compress_on_ray)[0]
         finally:
             ray.shutdown()
     results["load_average_after"] = os.getloadavg()  # other work on the machine: context for the times
@@ -112,7 +128,10 @@ def main_benchmark() -> None:
           f"fastest of {args.runs} runs; load average before {results['load_average_before'][0]:.1f}, "
           f"after {results['load_average_after'][0]:.1f}")
     for name, value in seconds.items():
-        print(f"  {name:<28} {value:7.2f} s")
+        tasks = results["task_seconds"].get(name)
+        # Tasks at a time: above 1 the round trips overlapped; each one's time shows how much CPU it got.
+        overlap = f"; round trips {tasks:6.2f} s in all, {tasks / value:.2f} at a time" if tasks else ""
+        print(f"  {name:<28} {value:7.2f} s{overlap}")
     print(f"  speed-up 1 -> 2 workers: bench {results['speedup']['bench']:.2f}x, "
           f"compress {results['speedup']['compress']:.2f}x", file=sys.stdout)
 
