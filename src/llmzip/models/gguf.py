@@ -72,12 +72,16 @@ def _tokenizer(model, path: Path):
 def load_gguf(path: Path, name: str, source: str = "gguf", origin: dict | None = None) -> LoadedModel | None:
     """The model, or None when the file is not one the GGUF exact engine covers."""
     try:
-        from ..engine.gguf_llama import GGUFLlama, NotCovered
+        import gguf  # noqa: F401
 
-        model = GGUFLlama(path, reader=_fast_reader(path))
+        from ..engine.gguf_llama import GGUFLlama, NotCovered
     except ImportError:
         raise ModelError("reading GGUF files needs the gguf package; install llmzip with the 'hf' extra: "
                          "pip install 'llmzip[hf]'") from None
+    # Imported before the reading starts: an exception there (Ctrl-C among others) must not meet an
+    # `except` clause naming a class that was never imported.
+    try:
+        model = GGUFLlama(path, reader=_fast_reader(path))
     except NotCovered:
         return None
     except Exception as error:  # a damaged or truncated file fails in many ways inside the reader
