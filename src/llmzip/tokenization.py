@@ -43,20 +43,20 @@ def _token_table(tokenizer) -> tuple[list[bytes | None], list[int | None]]:
     # Byte-level vocabularies may omit the few bytes that never occur in valid UTF-8.
     byte_level = "ByteLevel" in repr(tokenizer.pre_tokenizer) or all(character in vocab for character in alphabet)
     special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
-    for piece, token_id in vocab.items():
-        if piece in special:
+    for token_text, token_id in vocab.items():
+        if token_text in special:
             continue  # special tokens never stand for text
         if byte_level:
-            if all(character in alphabet for character in piece):
-                table[token_id] = bytes(alphabet[character] for character in piece)
-        elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
-            table[token_id] = bytes([int(piece[3:5], 16)])
+            if all(character in alphabet for character in token_text):
+                table[token_id] = bytes(alphabet[character] for character in token_text)
+        elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token_text):
+            table[token_id] = bytes([int(token_text[3:5], 16)])
         else:  # SentencePiece style: '▁' is a space
-            table[token_id] = piece.replace("\u2581", " ").encode("utf-8")
+            table[token_id] = token_text.replace("\u2581", " ").encode("utf-8")
     single_byte: list[int | None] = [None] * 256
-    for token_id, piece_bytes in enumerate(table):
-        if piece_bytes is not None and len(piece_bytes) == 1 and single_byte[piece_bytes[0]] is None:
-            single_byte[piece_bytes[0]] = token_id
+    for token_id, token_bytes in enumerate(table):
+        if token_bytes is not None and len(token_bytes) == 1 and single_byte[token_bytes[0]] is None:
+            single_byte[token_bytes[0]] = token_id
     if not byte_level:
         # Prefer explicit byte-fallback tokens <0xNN> for single bytes.
         for byte in range(256):
@@ -86,10 +86,10 @@ class ByteTokenizer:
 
     def tokenize(self, data: bytes) -> np.ndarray:
         """Token ids whose bytes concatenate to exactly `data`; raises TokenizationError if impossible."""
-        pieces = self.segments(data)
-        if any(tokens is None for _, tokens in pieces):
+        segments = self.segments(data)
+        if any(tokens is None for _, tokens in segments):
             raise TokenizationError("the tokenizer has no token for some byte values")
-        return np.concatenate([tokens for _, tokens in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+        return np.concatenate([tokens for _, tokens in segments]) if segments else np.zeros(0, dtype=np.int64)
 
     def segments(self, data: bytes) -> list[tuple[bytes, np.ndarray | None]]:
         """`data` cut into consecutive runs, each with its exact tokens, or None for bytes no token stands for."""
@@ -134,7 +134,7 @@ class ByteTokenizer:
 
     def _encode(self, text: str) -> list[int]:
         # The tokenizer's encoding object costs about 240 bytes per character, so a 1 MiB block is
-        # encoded in pieces cut after a newline, where a byte-level pre-tokenizer splits anyway.
+        # encoded in parts cut after a newline, where a byte-level pre-tokenizer splits anyway.
         ids: list[int] = []
         start = 0
         while start < len(text):

@@ -47,9 +47,9 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     character_to_byte = byte_level_alphabet()
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     lengths = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
-    for piece, token_id in vocab.items():
-        if piece != SPECIAL_TOKEN and all(character in character_to_byte for character in piece):
-            lengths[token_id] = len(piece)
+    for token_text, token_id in vocab.items():
+        if token_text != SPECIAL_TOKEN and all(character in character_to_byte for character in token_text):
+            lengths[token_id] = len(token_text)
     return lengths
 
 
@@ -57,17 +57,17 @@ def token_bytes_table(tokenizer) -> list[bytes]:
     character_to_byte = byte_level_alphabet()
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     table = [b""] * (max(vocab.values()) + 1)
-    for piece, token_id in vocab.items():
-        if piece != SPECIAL_TOKEN:
-            table[token_id] = bytes(character_to_byte[character] for character in piece)
+    for token_text, token_id in vocab.items():
+        if token_text != SPECIAL_TOKEN:
+            table[token_id] = bytes(character_to_byte[character] for character in token_text)
     return table
 
 
-def _text_pieces(data: bytes, piece_bytes: int = 1 << 20):
-    """Split text at line ends into pieces the tokenizer can encode in parallel."""
+def _text_parts(data: bytes, part_bytes: int = 1 << 20):
+    """Split text at line ends into parts the tokenizer can encode in parallel."""
     start = 0
     while start < len(data):
-        end = min(start + piece_bytes, len(data))
+        end = min(start + part_bytes, len(data))
         if end < len(data):
             newline = data.rfind(b"\n", start, end)
             end = newline + 1 if newline > start else end
@@ -115,7 +115,7 @@ def tokenise_corpus(tokenizer, files: list[Path], val_fraction: float) -> tuple[
     for path in files:
         data = read_text_file(path)
         raw_bytes += len(data)
-        ids = [token for encoding in tokenizer.encode_batch(list(_text_pieces(data))) for token in encoding.ids]
+        ids = [token for encoding in tokenizer.encode_batch(list(_text_parts(data))) for token in encoding.ids]
         ids = np.asarray(ids, dtype=np.int32)
         held_out = int(len(ids) * val_fraction)
         train_parts.append(ids[:len(ids) - held_out])

@@ -55,9 +55,9 @@ class Prequential:
         raw = xz = 0
         for index in order[:visited]:
             start = offset + int(index) * window
-            piece = b"".join(table[token] for token in tokens[start:start + window])
-            raw += len(piece)
-            xz += len(compressor.compress(piece))
+            window_bytes = b"".join(table[token] for token in tokens[start:start + window])
+            raw += len(window_bytes)
+            xz += len(compressor.compress(window_bytes))
         xz += len(compressor.flush())
         cache.write_text(json.dumps({"windows": visited, "raw_bytes": raw, "xz_bytes": xz}) + "\n")
         return raw, xz
