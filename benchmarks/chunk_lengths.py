@@ -57,13 +57,15 @@ def llmzip_command() -> list[str]:
     return [str(binary)] if binary.exists() else [sys.executable, "-m", "llmzip.cli"]
 
 
-def measure_model(path: Path, chunk_tokens: int, level: int, threads: int, decode: bool = True) -> dict:
+def measure_model(path: Path, chunk_tokens: int, level: int, threads: int, decode: bool = True,
+                  online: bool = True) -> dict:
     data = path.read_bytes()
     with tempfile.TemporaryDirectory() as directory:
         source = Path(directory) / path.name
         source.write_bytes(data)
         packed, restored = Path(directory) / "packed.llmz", Path(directory) / "restored"
         options = [f"-{level}", "-q", "-f", "-T", str(threads), "--chunk-tokens", str(chunk_tokens)]
+        options += [] if online else ["--no-online"]
         compress = timed([*llmzip_command(), *options, "-o", str(packed), str(source)])
         size = packed.stat().st_size
         if not decode:
@@ -107,15 +109,16 @@ def append(results: Path, row: dict) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| file | bytes | chunk tokens | runs | .llmz bytes | bits/byte | best classical | ratio to best | "
+    lines = ["| file | bytes | chunk tokens | online model | runs | .llmz bytes | bits/byte | best classical | "
+             "ratio to best | "
              "compress kB/s | decompress kB/s | peak MiB (c / d) |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     models = [row for row in rows if row["kind"] == "model" and row.get("format", 1) == FORMAT_VERSION]
     classical = {row["file"]: row["sizes"] for row in rows if row["kind"] == "baselines"}
     grouped: dict[tuple, list[dict]] = {}
     for row in models:
-        grouped.setdefault((row["file"], row["chunk_tokens"]), []).append(row)
-    for (file, chunk), runs in sorted(grouped.items()):
+        grouped.setdefault((row["file"], row["chunk_tokens"], row.get("online", False)), []).append(row)
+    for (file, chunk, online), runs in sorted(grouped.items()):
         raw = runs[0]["bytes"]
         best_name, best_size = min(classical.get(file, {"-": 0}).items(), key=lambda item: item[1])
         compress = min(run["compress_seconds"] for run in runs)
@@ -124,7 +127,8 @@ def markdown(rows: list[dict]) -> str:
         decode_peak = f"{max(r['decompress_peak_mib'] for r in decoded):.0f}" if decoded else "-"
         size = runs[0]["compressed_bytes"]
         lines.append(
-            f"| {Path(file).name} | {raw:,} | {chunk} | {len(runs)} | {size:,} | {8 * size / raw:.3f} | "
+            f"| {Path(file).name} | {raw:,} | {chunk} | {'on' if online else 'off'} | {len(runs)} | {size:,} | "
+            f"{8 * size / raw:.3f} | "
             f"{best_name} {8 * best_size / raw:.3f} | {size / best_size:.3f} | {raw / compress / 1000:.2f} | "
             f"{decompress} | {max(r['compress_peak_mib'] for r in runs):.0f} / {decode_peak} |"
         )
@@ -143,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the table here")
     parser.add_argument("--compress-only", action="store_true",
                         help="size and compression speed only (no decode check: marked unverified)")
+    parser.add_argument("--no-online", action="store_true", help="the model alone, without the online model")
     args = parser.parse_args(argv)
     machine = f"{cpu_description(args.threads)}, {platform.system()}"
     rows = load(args.results)
@@ -154,12 +159,14 @@ def main(argv=None) -> int:
         for chunk in args.chunks:
             done = sum(1 for row in rows if row["kind"] == "model" and row["file"] == name
                        and row["chunk_tokens"] == chunk and row["level"] == args.level
-                       and row.get("format", 1) == FORMAT_VERSION)
+                       and row.get("format", 1) == FORMAT_VERSION and row.get("online", False) == (not args.no_online))
             for _ in range(done, args.repeat):
                 started = time.strftime("%H:%M:%S")
                 row = {"kind": "model", "file": name, "bytes": path.stat().st_size, "chunk_tokens": chunk,
                        "level": args.level, "threads": args.threads, "machine": machine, "format": FORMAT_VERSION,
-                       **measure_model(path, chunk, args.level, args.threads, decode=not args.compress_only)}
+                       "online": not args.no_online,
+                       **measure_model(path, chunk, args.level, args.threads, decode=not args.compress_only,
+                                       online=not args.no_online)}
                 rows.append(row)
                 append(args.results, row)
                 print(f"{started} {path.name} chunk {chunk}: {row['bits_per_byte']:.4f} bits/byte, "
