@@ -314,3 +314,11 @@ def test_an_address_nothing_answers_at_is_one_line(tmp_path, capsys):
     assert time.monotonic() - started < 30
     error = capsys.readouterr().err
     assert error.startswith("llmzip: cannot reach the Ray cluster at 127.0.0.1:1") and error.count("\n") == 1
+
+
+def test_work_no_node_could_take_is_refused_at_once(address, tmp_path, capsys):
+    (tmp_path / "a.txt").write_bytes(b"text")
+    assert main(["--ray", address, "-T", "3", "-1", str(tmp_path / "a.txt")]) == 1  # the cluster's node has 2 CPUs
+    error = capsys.readouterr().err
+    assert error == "llmzip: no node of the Ray cluster has 3 CPUs for a task (-T); the largest has 2\n"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt"]

@@ -98,11 +98,12 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 def check_resources(ray, *, cpus: int, gpus: int = 0) -> None:
     """Refuse work no node could take: Ray would wait for such a node for ever."""
-    total = ray.cluster_resources()
-    if total.get("CPU", 0) < cpus:
-        raise ClusterError(f"the Ray cluster has {total.get('CPU', 0):g} CPUs; a task asks for {cpus} (-T)")
-    if total.get("GPU", 0) < gpus:
-        raise ClusterError("the Ray cluster has no GPU, but --device cuda asks for one per model task")
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    most_cpus = max((resources.get("CPU", 0) for resources in nodes), default=0)
+    if most_cpus < cpus:
+        raise ClusterError(f"no node of the Ray cluster has {cpus} CPUs for a task (-T); the largest has {most_cpus:g}")
+    if gpus and not any(resources.get("GPU", 0) >= gpus for resources in nodes):
+        raise ClusterError("no node of the Ray cluster has a GPU, but --device cuda asks for one per model task")
 
 
 def portable_model(model: str | None) -> str | None:
