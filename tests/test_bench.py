@@ -50,7 +50,8 @@ def test_reports_in_markdown_csv_and_json(first_run, tiny_model):
     assert list(rows[0]) == bench.ROW_FIELDS
     files = [row for row in rows if row["scope"] == "file"]
     assert {(row["file"], row["compressor"]) for row in files} == {
-        (name, label) for name in ("words.txt", "chinese.txt") for label in ("tiny", "gzip -9", "xz -9e", "zstd -22 --ultra")}
+        (name, label) for name in ("words.txt", "chinese.txt")
+        for label in ("tiny", "gzip -9", "xz -9e", "zstd -22 --ultra")}
     assert all(row["verified"] == "True" for row in rows)
     assert {row["scope"] for row in rows} == {"file", "corpus"}
 

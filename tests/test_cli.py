@@ -20,7 +20,8 @@ def text_file(tmp_path):
 
 
 def run(*argv, stdin: bytes = b""):
-    return subprocess.run([sys.executable, "-m", "llmzip.cli", *map(str, argv)], input=stdin, capture_output=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "llmzip.cli", *map(str, argv)], input=stdin, capture_output=True,
+                          timeout=300)
 
 
 def test_compress_then_decompress_keeps_input(tiny_model, text_file, capsys):
@@ -127,10 +128,12 @@ def test_missing_builtin_model_is_explained(tmp_path, monkeypatch):
 def test_bench_reports_progress_without_a_terminal(tmp_path):
     (tmp_path / "a.txt").write_bytes(TEXT)
     result = subprocess.run([sys.executable, "-m", "llmzip.cli", "bench", "a.txt", "--models", "", "--baselines",
-                             "gzip,xz", "--no-plots", "--out", "results"], cwd=tmp_path, capture_output=True, timeout=300)
+                             "gzip,xz", "--no-plots", "--out", "results"], cwd=tmp_path, capture_output=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     lines = [line for line in result.stderr.decode().splitlines() if line.startswith("llmzip bench: [")]
-    assert lines[0].startswith("llmzip bench: [1/2] a.txt gzip -9: ") and lines[1].startswith("llmzip bench: [2/2] a.txt xz -9e: ")
+    assert (lines[0].startswith("llmzip bench: [1/2] a.txt gzip -9: ")
+            and lines[1].startswith("llmzip bench: [2/2] a.txt xz -9e: "))
 
 
 # Concatenated streams, as gzip, xz and zstd read them.
@@ -138,8 +141,8 @@ def test_bench_reports_progress_without_a_terminal(tmp_path):
 def test_concatenated_streams_decompress_test_and_list_as_one(tmp_path):
     (tmp_path / "a").write_bytes(TEXT)
     (tmp_path / "b").write_bytes(bytes(range(256)))
-    joined = subprocess.run([sys.executable, "-m", "llmzip.cli", "-m", "llmzip-tiny", "-c", "a", "b"], cwd=tmp_path, capture_output=True,
-                            timeout=300)
+    joined = subprocess.run([sys.executable, "-m", "llmzip.cli", "-m", "llmzip-tiny", "-c", "a", "b"], cwd=tmp_path,
+                            capture_output=True, timeout=300)
     assert joined.returncode == 0, joined.stderr
     (tmp_path / "ab.llmz").write_bytes(joined.stdout)
     unpacked = run("-d", "-c", tmp_path / "ab.llmz")
@@ -203,11 +206,13 @@ def test_a_device_this_machine_lacks_is_one_line(text_file):
     import torch
 
     missing = "cuda:99" if torch.cuda.is_available() else "cuda"
-    for device, message in ((missing, "is not available"), ("bogus", "unknown device 'bogus'"), ("meta", "not supported")):
+    for device, message in ((missing, "is not available"), ("bogus", "unknown device 'bogus'"),
+                            ("meta", "not supported")):
         for argv in ([text_file], ["-d", "-c", text_file]):
             result = run("--device", device, *argv)
             lines = result.stderr.decode().splitlines()
-            assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("llmzip: ") and message in lines[0]
+            assert (result.returncode == 1 and len(lines) == 1 and lines[0].startswith("llmzip: ")
+                    and message in lines[0])
 
 
 def test_standard_output_failures_are_one_line_or_quiet(tiny_model, tmp_path):

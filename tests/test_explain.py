@@ -17,7 +17,8 @@ from llmzip.api import Compressor
 from llmzip.cli import main
 from llmzip.explain import group_tokens, surprising_spans, token_costs, visible_html
 
-TEXT = (SAMPLE_TEXT + "贾宝玉与林黛玉在大观园中读书。 <script>alert('x')</script> & \"quotes\"\n").encode() + b"\xff\xfe raw\x00\n"
+TEXT = ((SAMPLE_TEXT + "贾宝玉与林黛玉在大观园中读书。 <script>alert('x')</script> & \"quotes\"\n").encode()
+        + b"\xff\xfe raw\x00\n")
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +122,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _chromium(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
     command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               *arguments]
+               "--disable-component-update", "--disable-sync", "--no-first-run",
+               f"--user-data-dir={tmp_path / 'profile'}", *arguments]
     return subprocess.run(command, capture_output=True, timeout=120, check=True, cwd=tmp_path)
 
 

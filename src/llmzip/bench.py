@@ -85,8 +85,8 @@ def _bzip2() -> Codec:
 
 def _xz() -> Codec:
     preset = 9 | lzma.PRESET_EXTREME
-    return Codec("xz", "xz -9e", lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, preset=preset), lzma.decompress,
-                 {"python": platform.python_version(), "preset": "9e"})
+    return Codec("xz", "xz -9e", lambda data: lzma.compress(data, format=lzma.FORMAT_XZ, preset=preset),
+                 lzma.decompress, {"python": platform.python_version(), "preset": "9e"})
 
 
 def _zstd() -> Codec:
@@ -265,7 +265,8 @@ def collect_inputs(paths: list[str]) -> list[Input]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
             inputs += [Input(p, _stored_name(p), path.resolve().name) for p in found]
         elif path.is_file():
             inputs.append(Input(path, _stored_name(path), path.resolve().parent.name))
@@ -582,7 +583,8 @@ def _published_rows(item: Input, measured_bytes: int) -> list[dict]:
     for figure in PUBLISHED:
         if item.name != figure["file"] or _file_size(item.path) != figure["raw_bytes"]:
             continue
-        note = f"published figure for the whole file ({figure['raw_bytes']} bytes), not measured here: {figure['source']}"
+        note = (f"published figure for the whole file ({figure['raw_bytes']} bytes), not measured here: "
+                f"{figure['source']}")
         if measured_bytes != figure["raw_bytes"]:
             note += f"; the measured rows use only the first {measured_bytes} bytes"
         row = {name: None for name in ROW_FIELDS}
@@ -684,10 +686,12 @@ def markdown_report(results: Results) -> str:
     if results.settings.get("max_bytes"):
         lines.append(f"Each file was cut to its first {results.settings['max_bytes']:,} bytes (--max-bytes).")
     if (results.settings.get("repeat") or 1) > 1:
-        lines.append(f"Throughput is the fastest of {results.settings['repeat']} round trips (--repeat), each verified.")
+        lines.append(f"Throughput is the fastest of {results.settings['repeat']} round trips (--repeat), "
+                     "each verified.")
     if results.settings.get("shard_bytes"):
-        lines.append(f"Files longer than {results.settings['shard_bytes']:,} bytes were measured in shards of at most that "
-                     "size (--shard-bytes), each its own stream; a file's row is the sum of its shards' rows.")
+        lines.append(f"Files longer than {results.settings['shard_bytes']:,} bytes were measured in shards of at "
+                     "most that size (--shard-bytes), each its own stream; a file's row is the sum of its shards' "
+                     "rows.")
     if results.settings.get("xz_fallback") is False:
         lines.append("Models coded every text chunk themselves (--model-only): no chunk fell back to xz.")
     lines += ["", "## Bits per byte (lower is better)", ""]
@@ -696,7 +700,8 @@ def markdown_report(results: Results) -> str:
     for scope_row in _ordered_scopes(results):
         cells = []
         for label in labels:
-            match = next((row for row in results.rows if _same_scope(row, scope_row) and row["compressor"] == label), None)
+            match = next((row for row in results.rows if _same_scope(row, scope_row) and row["compressor"] == label),
+                         None)
             cells.append(_bits_value(match))
         if published:
             match = next((row for row in published if scope_row["scope"] == "file" and row["file"] == scope_row["file"]
@@ -737,8 +742,9 @@ def markdown_report(results: Results) -> str:
               "- **ratio**: raw bytes / compressed bytes.",
               "- **size-adjusted**: (compressed bytes + model bytes) / raw bytes; model bytes are the model's files "
               "on disk. Classical compressors count no model.",
-              "- **compress / decompress**: raw bytes per second of one run (the fastest with --repeat); loading the model is excluded, setting "
-              "up the decoder's engine is included (as in `llmzip -d`); classical compressors on one thread.",
+              "- **compress / decompress**: raw bytes per second of one run (the fastest with --repeat); loading the "
+              "model is excluded, setting up the decoder's engine is included (as in `llmzip -d`); classical "
+              "compressors on one thread.",
               "- Totals (**bold**) add bytes and seconds over the files of a corpus.", ""]
     return "\n".join(lines)
 
@@ -750,7 +756,8 @@ def _version() -> str:
 
 
 def _same_scope(row: dict, scope_row: dict) -> bool:
-    return row["scope"] == scope_row["scope"] and row["corpus"] == scope_row["corpus"] and row["file"] == scope_row["file"]
+    return (row["scope"] == scope_row["scope"] and row["corpus"] == scope_row["corpus"]
+            and row["file"] == scope_row["file"])
 
 
 def _ordered_scopes(results: Results) -> list[dict]:
@@ -844,7 +851,8 @@ def plot_bits_per_byte(results: Results, path: Path) -> None:
             heights.append(match["bits_per_byte"] if match else float("nan"))
         positions = [position + (index - (len(series) - 1) / 2) * width for position in range(len(scopes))]
         axes.bar(positions, heights, width, label=label, color=_colour(pyplot, index),
-                 hatch="//" if label == PUBLISHED_LABEL else None, edgecolor="white" if label == PUBLISHED_LABEL else None)
+                 hatch="//" if label == PUBLISHED_LABEL else None,
+                 edgecolor="white" if label == PUBLISHED_LABEL else None)
     axes.set_xticks(range(len(scopes)))
     axes.set_xticklabels([_label(row).replace("**", "") for row in scopes], rotation=30, ha="right")
     axes.set_ylabel("bits per byte (lower is better)")
@@ -915,7 +923,8 @@ def add_bench_arguments(parser) -> None:
                         help="models to measure: built-in names or paths, comma-separated "
                              "(default: the levels' models that are installed, llmzip-tiny and smollm2; '' for none)")
     parser.add_argument("--baselines", metavar="NAMES", default=DEFAULT_BASELINES,
-                        help=f"classical compressors (default {DEFAULT_BASELINES}; cmix only when on PATH; '' for none)")
+                        help=f"classical compressors (default {DEFAULT_BASELINES}; cmix only when on PATH; "
+                             "'' for none)")
     parser.add_argument("--max-bytes", type=int, metavar="N", help="measure only the first N bytes of each file")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run each round trip N times and report the fastest (default 1)")

@@ -41,29 +41,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmzip",
         description="Lossless compression with language models. With no FILE, or when FILE is -, read standard input.",
-        epilog="Other tools: llmzip train | bench | explain (each has --help). Exit status: 0 ok, 1 error, 2 usage error.",
+        epilog="Other tools: llmzip train | bench | explain (each has --help). "
+               "Exit status: 0 ok, 1 error, 2 usage error.",
     )
     parser.add_argument("files", nargs="*", metavar="FILE")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("-z", "--compress", dest="mode", action="store_const", const="compress", help="compress (default)")
+    mode.add_argument("-z", "--compress", dest="mode", action="store_const", const="compress",
+                      help="compress (default)")
     mode.add_argument("-d", "--decompress", dest="mode", action="store_const", const="decompress", help="decompress")
-    mode.add_argument("-t", "--test", dest="mode", action="store_const", const="test", help="test the integrity of compressed files")
-    mode.add_argument("-l", "--list", dest="mode", action="store_const", const="list", help="list what compressed files hold")
+    mode.add_argument("-t", "--test", dest="mode", action="store_const", const="test",
+                      help="test the integrity of compressed files")
+    mode.add_argument("-l", "--list", dest="mode", action="store_const", const="list",
+                      help="list what compressed files hold")
     parser.add_argument("-c", "--stdout", action="store_true", help="write to standard output")
     parser.add_argument("-o", dest="output", metavar="FILE", help="write the result to FILE (one input only)")
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("-k", "--keep", dest="remove", action="store_false", help="keep the input files (default)")
     keep.add_argument("--rm", dest="remove", action="store_true", help="remove the input files after success")
-    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output; write compressed data to a terminal; read it from one")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite existing output; write compressed data to a terminal; read it from one")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    parser.add_argument("-m", "--model", metavar="NAME|PATH", help="built-in model name, native model directory, Hugging Face directory or GGUF file")
+    parser.add_argument("-m", "--model", metavar="NAME|PATH",
+                        help="built-in model name, native model directory, Hugging Face directory or GGUF file")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto",
-                        help="exact: integer engine, files decode on any machine (native and Llama models, the default for them); float: any model, decodes only on a matching machine")
+                        help="exact: integer engine, files decode on any machine (native and Llama models, the "
+                             "default for them); float: any model, decodes only on a matching machine")
     parser.add_argument("--chunk-tokens", type=_positive, metavar="N",
-                        help="tokens per independently coded chunk: 1 to the model's context less one (default: set by the level, "
-                             "or by the model given with -m)")
+                        help="tokens per independently coded chunk: 1 to the model's context less one (default: set "
+                             "by the level, or by the model given with -m)")
     parser.add_argument("--batch-size", type=_positive, default=16, metavar="N",
                         help="chunks coded together in one batch (default 16)")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
@@ -74,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "exact engine)")
     parser.add_argument("-T", "--threads", type=_positive, metavar="N", help="CPU threads for inference")
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                        help="code each file as a task on the Ray cluster at ADDRESS (host:port), or on a local cluster "
-                             "when none is given; outputs are the bytes a local run writes (pip install 'llmzip[ray]')")
+                        help="code each file as a task on the Ray cluster at ADDRESS (host:port), or on a local "
+                             "cluster when none is given; outputs are the bytes a local run writes "
+                             "(pip install 'llmzip[ray]')")
     levels = parser.add_argument_group("compression levels", _levels_help())
     for level in range(1, 10):
         levels.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
@@ -522,7 +530,8 @@ class Runner:
         if compressing:
             percent = f"{100 * out_size / in_size:.2f}%" if in_size else "100%"
             bits = f", {8 * out_size / in_size:.3f} bits/byte" if in_size and self.args.verbose else ""
-            print(f"{shown} : {percent} ({human_size(in_size)} => {human_size(out_size)}, {where}){bits}", file=sys.stderr)
+            print(f"{shown} : {percent} ({human_size(in_size)} => {human_size(out_size)}, {where}){bits}",
+                  file=sys.stderr)
         else:
             print(f"{shown} : {human_size(out_size)}, {where}", file=sys.stderr)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import html
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +292,8 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
     if costs.alone_bits is not None:
         saved_bits = float(costs.alone_bits.sum()) - total_bits
         rows.append(("online model saved", f"{saved_bits:,.1f} bits ({saved_bits / 8:,.0f} bytes, "
-                                           f"{100 * saved_bits / max(float(costs.alone_bits.sum()), 1e-9):.1f}% of the model alone)"))
+                                           f"{100 * saved_bits / max(float(costs.alone_bits.sum()), 1e-9):.1f}% "
+                                           "of the model alone)"))
     for label, value in (comparison or {}).items():
         rows.append((f"{html.escape(label)}, for comparison", f"{value:.3f} bits per byte"))
     totals = "".join(f"<tr><td>{label}</td><td>{value}</td></tr>" for label, value in rows)
@@ -317,7 +317,8 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
 <body>
 <h1>What each token of {html.escape(name)} costs</h1>
 <p class="note">Each token is coloured by its code length, −log2 p under the model: the bits the range coder
-spends on it. Chunks of up to {costs.chunk_tokens} tokens start from a fresh context, as in the compressor, which also keeps a chunk raw or as xz when that is smaller.
+spends on it. Chunks of up to {costs.chunk_tokens} tokens start from a fresh context, as in the compressor, which also \
+keeps a chunk raw or as xz when that is smaller.
 Hover over a token to see its cost.</p>
 <h2>Totals</h2>
 <table class="totals">{totals}</table>
@@ -338,17 +339,21 @@ Hover over a token to see its cost.</p>
 def add_explain_arguments(parser) -> None:
     parser.description = "Write one self-contained HTML page colouring every token of FILE by its cost in bits."
     parser.add_argument("file", metavar="FILE", help="the file to explain (- for standard input)")
-    parser.add_argument("-o", "--output", metavar="PAGE.html", help="where to write the page (default: FILE's name + .html)")
-    parser.add_argument("-m", "--model", metavar="NAME|PATH", help="built-in model name or model path (default: the default level's model)")
+    parser.add_argument("-o", "--output", metavar="PAGE.html",
+                        help="where to write the page (default: FILE's name + .html)")
+    parser.add_argument("-m", "--model", metavar="NAME|PATH",
+                        help="built-in model name or model path (default: the default level's model)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto", help="inference engine")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks run together (default 16)")
     parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (default: the model's context)")
     parser.add_argument("--max-bytes", type=int, metavar="N", help="explain only the first N bytes")
-    parser.add_argument("--top", type=int, default=10, metavar="N", help="how many surprising spans to list (default 10)")
+    parser.add_argument("--top", type=int, default=10, metavar="N",
+                        help="how many surprising spans to list (default 10)")
     parser.add_argument("--window", type=int, default=16, metavar="N", help="tokens per surprising span (default 16)")
     parser.add_argument("--no-online", dest="online", action="store_false", default=None,
-                        help="cost tokens under the model alone (default: with the online model, as the compressor does)")
+                        help="cost tokens under the model alone (default: with the online model, as the compressor "
+                             "does)")
     parser.add_argument("--colour", choices=("cost", "online"), default="cost",
                         help="colour tokens by their cost (default) or by the bits the online model saved on them")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing page")
@@ -358,7 +363,8 @@ def explain(data: bytes, compressor, *, name: str = "input", top: int = 10, wind
             comparison: dict[str, float] | None = None, colour_by: str = "cost") -> str:
     """The HTML page for `data` under the compressor's model, engine, chunking and online model."""
     costs = token_costs(compressor, data)
-    return render_page(name, data, costs, model=compressor.model, engine_kind=compressor.engine.settings.get("kind", "?"),
+    return render_page(name, data, costs, model=compressor.model,
+                       engine_kind=compressor.engine.settings.get("kind", "?"),
                        top=top, window=window, comparison=comparison, colour_by=colour_by)
 
 

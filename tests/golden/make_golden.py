@@ -10,9 +10,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from conftest import SAMPLE_TEXT, make_model_directory  # noqa: E402
-
 import llmzip  # noqa: E402
+from conftest import SAMPLE_TEXT, make_model_directory  # noqa: E402
 
 SAMPLES = {
     "text": (SAMPLE_TEXT * 2).encode(),
