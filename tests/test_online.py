@@ -32,7 +32,7 @@ def test_mixed_rows_sum_to_the_total_and_give_the_candidate_its_probability():
     candidates = generator.integers(-1, 300, size=200)
     candidates[5] = 8
     probabilities = generator.integers(0, 1 << online.PROBABILITY_BITS, size=200)
-    mixed = online.mix_rows(rows, candidates, probabilities)
+    mixed = online.mix_rows(rows.copy(), candidates, probabilities)
     assert mixed.dtype == np.int64 and (mixed >= 0).all()
     assert (mixed.sum(axis=1) == TOTAL).all()
     left = (candidates < 0) | (probabilities == 0)
@@ -49,7 +49,7 @@ def test_every_symbol_of_a_mixed_row_can_be_coded():
     rows = _random_rows(generator, 64, 50)
     candidates = np.arange(64) % 50
     probabilities = np.full(64, (1 << online.PROBABILITY_BITS) - 1)  # the candidate takes almost everything
-    mixed = online.mix_rows(rows, candidates, probabilities)
+    mixed = online.mix_rows(rows.copy(), candidates, probabilities)
     symbols = (np.arange(64) * 7 + 1) % 50  # mostly not the candidate, often zero-weight entries
     assert (mixed[np.arange(64), symbols] == 0).any()
     payload = coder.encode(symbols, mixed)
@@ -270,3 +270,36 @@ def test_explain_costs_tokens_with_the_online_model_as_the_compressor_does(one_t
     assert costs.alone_bits.sum() > costs.bits.sum()
     page = render_page("records", data, costs, model=compressor.model, engine_kind="exact", colour_by="online")
     assert "online model saved" in page and 'class="m' in page and 'class="c8"' in page
+
+
+GOLDEN = __import__("pathlib").Path(__file__).resolve().parent / "golden"
+
+
+def _golden_online() -> bytes:
+    return llmzip.compress(_sample(6) + _structured(4), model=str(GOLDEN / "model"), engine="exact", device="cpu",
+                           chunk_tokens=40, batch_size=3, xz_fallback=False, online=True)
+
+
+def test_online_golden_file(one_thread):
+    """tests/golden/online.llmz was written by _golden_online(); rewrite it only for a new online version."""
+    golden = (GOLDEN / "online.llmz").read_bytes()
+    assert llmzip.info(golden).model_settings["online"] == online.online_settings(3)
+    assert llmzip.decompress(golden, model=str(GOLDEN / "model")) == _sample(6) + _structured(4)
+    assert _golden_online() == golden, "the online model's bitstream changed: a format change needs a new version"
+
+
+def test_threads_do_not_change_the_bytes():
+    import torch
+
+    data = _structured(40)
+    packed = {}
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            packed[threads] = llmzip.compress(data, level=1, chunk_tokens=32, batch_size=4, xz_fallback=False,
+                                              online=True)
+    finally:
+        torch.set_num_threads(before)
+    assert packed[1] == packed[2]
+    assert llmzip.decompress(packed[2]) == data

@@ -333,8 +333,9 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
             if probability:
                 probabilities[offset] = probability
                 online.learn(index, cell, fraction, candidate == symbols[offset])
-        mixed = mix_rows(weights, piece_candidates, probabilities)
-        piece_alone, piece_bits = coder.code_length_bits(symbols, weights), coder.code_length_bits(symbols, mixed)
+        piece_alone = coder.code_length_bits(symbols, weights)
+        mixed = mix_rows(weights, piece_candidates, probabilities)  # in place: the engine's rows are not needed again
+        piece_bits = coder.code_length_bits(symbols, mixed)
         alone_bits[index] += float(piece_alone.sum())
         bits[index] += float(piece_bits.sum())
         if token_bits is not None:
@@ -525,6 +526,9 @@ class StreamDecoder:
         self.chunk_tokens = _field(settings, "chunk_tokens", int)
         self.batch_size = _field(settings, "batch_size", int)
         if "online" in settings:
+            engine_settings = settings.get("engine")
+            if not isinstance(engine_settings, dict) or engine_settings.get("kind") != "exact":
+                raise CorruptError("the model record is damaged (an online model needs the exact engine)")
             self._online = OnlineModel(settings["online"])  # refuses settings this llmzip does not have
 
     def _decode_group(self, records: list[ChunkRecord]) -> list[bytes]:

@@ -44,7 +44,10 @@ STRETCH_NODES = 25  # nodes at -12 .. +12 bits of the model's log-odds for the c
 PRIOR_WEIGHT = STRETCH_FRACTION // 2  # a node starts as half an observation of the identity mapping
 COUNT_LIMIT = 1024 * STRETCH_FRACTION  # older observations fade past this many trials per node
 
+TOKEN_BITS = 20  # a token id's field in a context key (vocabularies up to 2**20)
 _MASK64 = (1 << 64) - 1
+_HASH_MULTIPLIER = 0x9E3779B97F4A7C15
+_LONGEST = max(MATCH_ORDERS)
 
 
 def online_settings(unit_chunks: int) -> dict:
@@ -113,6 +116,8 @@ def mix_rows(weights: np.ndarray, candidates: np.ndarray, probabilities: np.ndar
     """The rows handed to the coder: weights (N, V) summing to 2**30, candidates (N,) (−1: none),
     probabilities (N,) in 2**-16 (0: leave the row). Encoder and decoder both come through here.
 
+    Mixes in place (the rows are the caller's own copy) and returns `weights`.
+
     A mixed row gives the candidate probability p and scales every other entry by
     f = floor((2**30 − p·2**30) · 2**30 / rest), rest being what the model gave the others;
     entries stay below 2**60, and the candidate takes what the floors leave, so the row sums to
@@ -121,7 +126,7 @@ def mix_rows(weights: np.ndarray, candidates: np.ndarray, probabilities: np.ndar
     rows = np.flatnonzero((candidates >= 0) & (probabilities > 0))
     if len(rows) == 0:
         return weights
-    mixed = np.array(weights, dtype=np.int64, copy=True)
+    mixed = weights
     total = 1 << ROW_TOTAL_BITS
     chosen = candidates[rows].astype(np.int64)
     rest = total - mixed[rows, chosen]  # > 0: online.target leaves rows where the candidate has it all
@@ -186,6 +191,7 @@ class OnlineModel:
             self.known.extend(bytes(length))
         self.pointer = [-1] * len(lengths)  # position of each chunk's candidate, −1: no match
         self.length = [0] * len(lengths)
+        self._cached_slots = [(-1, [])] * len(lengths)  # predict and observe of one step share the slots
         cells = len(self.hits)
         self.own_hits = [[0] * cells for _ in lengths]  # each chunk's observations in this unit
         self.own_trials = [[0] * cells for _ in lengths]
@@ -209,12 +215,21 @@ class OnlineModel:
                 trials[cell] = COUNT_LIMIT
         self._begin_unit([])
 
-    def _slot(self, end: int, order: int) -> int:
-        """The table slot for the `order` tokens before position `end`."""
-        key = order
-        for token in self.tokens[end - order : end]:
-            key = (key * 0x100000001B3 + token + 1) & _MASK64
-        return ((key * 0x9E3779B97F4A7C15) & _MASK64) >> (64 - HASH_BITS)
+    def _slots(self, chunk: int, step: int) -> list[int]:
+        """The table slot of each order for the tokens before position `step` of `chunk` (−1 where
+        the chunk holds fewer): the key of n tokens is their ids in 20-bit fields, the nearest lowest."""
+        cached = self._cached_slots[chunk]
+        if cached[0] == step:
+            return cached[1]
+        tokens, end = self.tokens, self.bases[chunk] + step
+        keys, key = [], 0
+        for n in range(1, min(step, _LONGEST) + 1):
+            key |= tokens[end - n] << (TOKEN_BITS * (n - 1))
+            keys.append(key)
+        slots = [((keys[order - 1] * _HASH_MULTIPLIER) & _MASK64) >> (64 - HASH_BITS) if order <= step else -1
+                 for order in MATCH_ORDERS]
+        self._cached_slots[chunk] = (step, slots)
+        return slots
 
     def predict(self, chunk: int, step: int) -> tuple[int, int]:
         """(candidate token or −1, its match length) for position `step` of `chunk`."""
@@ -223,10 +238,10 @@ class OnlineModel:
             return self.tokens[pointer], self.length[chunk]
         here = self.bases[chunk] + step
         tokens, known = self.tokens, self.known
-        for order, table in zip(MATCH_ORDERS, self.tables):
-            if step < order:
+        for order, table, slot in zip(MATCH_ORDERS, self.tables, self._slots(chunk, step)):
+            if slot < 0:
                 continue
-            found = table[self._slot(here, order)]
+            found = table[slot]
             if found < 0:
                 continue
             length = 0
@@ -250,9 +265,8 @@ class OnlineModel:
                 self.length[chunk] += 1
             else:
                 self.pointer[chunk], self.length[chunk] = -1, 0
-        for order, table in zip(MATCH_ORDERS, self.tables):
-            if step >= order:
-                slot = self._slot(here, order)
+        for table, slot in zip(self.tables, self._slots(chunk, step)):
+            if slot >= 0:
                 self._undo.append((table, slot, table[slot]))
                 table[slot] = here
 
