@@ -41,7 +41,7 @@ HASH_BITS = 22  # match-table slots: 4 M positions remembered
 LENGTH_CONTEXTS = 24  # match-length buckets of the secondary estimate
 STRETCH_FRACTION = 256  # log-odds in 1/256 bit
 STRETCH_NODES = 25  # nodes at -12 .. +12 bits of the model's log-odds for the candidate
-PRIOR_WEIGHT = STRETCH_FRACTION // 2  # a node starts as half an observation of the identity mapping
+PRIOR_WEIGHT = 4 * STRETCH_FRACTION  # a node starts as four observations of the identity mapping
 COUNT_LIMIT = 1024 * STRETCH_FRACTION  # older observations fade past this many trials per node
 
 TOKEN_BITS = 20  # a token id's field in a context key (vocabularies up to 2**20)
