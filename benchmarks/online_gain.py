@@ -28,7 +28,8 @@ from llmzip.bench import baseline, read_input
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = ["gzip", "bzip2", "xz", "zstd", "brotli"]
 # (label, xz_fallback, online)
-MODES = [("alone", True, False), ("online", True, True), ("model-only", False, False), ("model-only+online", False, True)]
+MODES = [("alone", True, False), ("online", True, True), ("model-only", False, False),
+         ("model-only+online", False, True)]
 
 
 def run_mode(level: int, xz_fallback: bool, online: bool, data: bytes, compressors: dict) -> dict:

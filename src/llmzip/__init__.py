@@ -5,7 +5,7 @@
     >>> llmzip.decompress(packed) == data
 """
 
-from .api import Compressor, Decompressor, Info, LLMZipFile, compress, decompress, info, open
+from .api import CompressOptions, Compressor, Decompressor, Info, LLMZipFile, compress, decompress, info, open
 from .errors import (
     CorruptError,
     EngineMismatchError,
@@ -13,12 +13,14 @@ from .errors import (
     LLMZipError,
     ModelError,
     TokenizationError,
+    TrainingError,
     TruncatedError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressOptions",
     "Compressor",
     "CorruptError",
     "Decompressor",
@@ -29,6 +31,7 @@ __all__ = [
     "LLMZipFile",
     "ModelError",
     "TokenizationError",
+    "TrainingError",
     "TruncatedError",
     "compress",
     "decompress",

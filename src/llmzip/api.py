@@ -6,13 +6,15 @@ import builtins
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
-from . import coder, container, models, online as online_model
+from . import coder, container, models
+from . import online as online_model
 from .codec import StreamDecoder, StreamEncoder, Summary, online_unit_chunks
 from .container import CHUNK_NAMES, EndRecord
 from .errors import CorruptError, EngineMismatchError, FormatError, LLMZipError, ModelError
+from .record import ModelRecord
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_CHUNK_TOKENS = 1023  # for a model named by path: longer chunks slow every decoding step
@@ -52,6 +54,23 @@ def _check_options(level: int, engine: str, batch_size: int) -> None:
         raise ValueError(f"batch_size must be between 1 and {container.MAX_GROUP_CHUNKS}")
 
 
+@dataclass(frozen=True)
+class CompressOptions:
+    """How to compress: the one set of settings the API, the command line, bench and explain share."""
+
+    model: str | None = None  # a built-in name or a path; None: the level's model
+    level: int = models.DEFAULT_LEVEL  # 1-9: the model and chunk length (models.LEVELS)
+    engine: str = "auto"  # auto (exact where the model has one), exact or float
+    device: str | None = None  # cpu, cuda[:N]; None: cuda when available
+    chunk_tokens: int | None = None  # None: the level's (or the usual) chunk length
+    batch_size: int = DEFAULT_BATCH_SIZE  # chunks per group
+    threads: int | None = None  # CPU threads; results do not depend on it with the exact engine
+    xz_fallback: bool = True  # False: model-code all text (--model-only), the model's own code alone
+    # Learn from the file while coding it (online.py). None: on with an exact engine unless
+    # xz_fallback is False; the float engine has no online model.
+    online: bool | None = None
+
+
 class Compressor:
     """Holds a loaded model and its settings; reuse it, since loading is the expensive part.
 
@@ -59,12 +78,12 @@ class Compressor:
     and shared read-only between them).
     """
 
-    def __init__(self, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
-                 device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 threads: int | None = None, xz_fallback: bool = True, online: bool | None = None):
-        """`online`: learn from the file while coding it (see online.py). None means on with an
-        exact engine unless `xz_fallback` is False, which asks for the model's own code alone
-        (what --model-only asks for); the float engine has no online model."""
+    def __init__(self, options: CompressOptions | None = None, **settings):
+        """Settings as a CompressOptions, or as its fields by keyword (they override `options`)."""
+        self.options = options = replace(options or CompressOptions(), **settings)
+        model, level, engine, device = options.model, options.level, options.engine, options.device
+        chunk_tokens, batch_size, threads = options.chunk_tokens, options.batch_size, options.threads
+        xz_fallback, online = options.xz_fallback, options.online
         _check_options(level, engine, batch_size)
         device = _default_device() if device is None else _check_device(device)
         self.model = models.load_model(model or models.model_for_level(level))
@@ -84,29 +103,35 @@ class Compressor:
             raise LLMZipError("the online model needs the exact engine (its rows are integers)")
         self.online = self.engine.batch_invariant and (xz_fallback if online is None else online)
 
-    def model_settings(self) -> dict:
+    def model_record(self) -> ModelRecord:
         """Everything the decoder needs to reproduce the model's predictions."""
-        return {
-            "model": {
+        online = None
+        if self.online:
+            online = online_model.online_settings(online_unit_chunks(self.engine, self.chunk_tokens, self.batch_size))
+        return ModelRecord(
+            model={
                 "name": self.model.name,
                 "source": self.model.source,
                 "fingerprint": self.model.fingerprint,
                 "parameters": self.model.parameters,
                 **({"origin": self.model.origin} if self.model.origin else {}),
             },
-            "engine": self.engine.settings,
-            "coder": coder.CODER_SETTINGS,
-            "vocab_size": self.engine.vocab_size,
-            "start_token": self.engine.start_token,
-            "chunk_tokens": self.chunk_tokens,
-            "batch_size": self.batch_size,
-            **({"online": online_model.online_settings(online_unit_chunks(self.engine, self.chunk_tokens, self.batch_size))}
-               if self.online else {}),
-        }
+            engine=self.engine.settings,
+            coder=coder.CODER_SETTINGS,
+            vocab_size=self.engine.vocab_size,
+            start_token=self.engine.start_token,
+            chunk_tokens=self.chunk_tokens,
+            batch_size=self.batch_size,
+            online=online,
+        )
+
+    def model_settings(self) -> dict:
+        """The model record as the JSON the file holds."""
+        return self.model_record().to_json()
 
     def stream_writer(self, destination: BinaryIO, *, content_size: int | None = None,
                       progress: Callable[[int], None] | None = None) -> StreamEncoder:
-        return StreamEncoder(destination, header={"content_size": content_size}, model_settings=self.model_settings(),
+        return StreamEncoder(destination, header={"content_size": content_size}, record=self.model_record(),
                              tokenizer=self.model.tokenizer,
                              engine=self.engine, chunk_tokens=self.chunk_tokens, batch_size=self.batch_size,
                              xz_fallback=self.xz_fallback, progress=progress)
@@ -134,32 +159,29 @@ class Decompressor:
         self.device = None if device is None else _check_device(device)
         self._engines: dict[str, tuple] = {}  # model record -> (engine, tokenizer), reused across files
 
-    def _engine_for(self, header: dict):
-        key = json.dumps(header, sort_keys=True)
+    def _engine_for(self, record: ModelRecord):
+        key = json.dumps(record.to_json(), sort_keys=True)
         if key not in self._engines:
-            self._engines[key] = self._build_engine(header)
+            self._engines[key] = self._build_engine(record)
         return self._engines[key]
 
-    def _build_engine(self, header: dict):
-        recorded_model = header.get("model")
-        if not isinstance(recorded_model, dict) or not isinstance(header.get("engine"), dict):
-            raise CorruptError("the header is damaged (model or engine missing)")
-        if header.get("coder") != coder.CODER_SETTINGS:
-            raise FormatError(f"the file uses a coder this llmzip does not have ({header.get('coder')}); upgrade llmzip")
+    def _build_engine(self, record: ModelRecord):
+        if record.coder != coder.CODER_SETTINGS:
+            raise FormatError(f"the file uses a coder this llmzip does not have ({record.coder}); upgrade llmzip")
         try:
             # The user's --model names a path; a file's record only names a model.
             model = (models.load_model(self.model_override) if self.model_override
-                     else models.load_named_model(str(recorded_model.get("name"))))
+                     else models.load_named_model(record.model_name))
         except ModelError as error:
-            raise ModelError(f"{models.describe_missing(recorded_model)} ({error})") from None
-        if model.fingerprint != recorded_model.get("fingerprint"):
+            raise ModelError(f"{models.describe_missing(record.model)} ({error})") from None
+        if model.fingerprint != record.fingerprint:
             raise ModelError(
                 f"model '{model.name}' (sha256 {model.fingerprint[:12]}…) is not the one this file was made with; "
-                + models.describe_missing(recorded_model)
+                + models.describe_missing(record.model)
             )
-        if header.get("chunk_tokens", 0) > model.context_length - 1:
+        if record.chunk_tokens > model.context_length - 1:
             raise CorruptError("the model record is damaged (chunks longer than the model's context)")
-        settings = header["engine"]
+        settings = record.engine
         if settings.get("kind") == "exact":
             engine = model.engine(exact=True, device=self.device or _default_device())
             if engine.settings != settings:
@@ -176,20 +198,23 @@ class Decompressor:
             if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
                 raise CorruptError("the model record is damaged (engine threads)")
             if threads > max(64, 4 * (os.cpu_count() or 1)):  # thousands of threads would crawl, not decode
-                raise EngineMismatchError(f"this file was made with the float engine on {threads} threads, far more than "
-                                          f"this machine's {os.cpu_count()} cores; decode it on a machine like the one that made it")
-            engine = model.engine(exact=False, device=device, batch_size=header["batch_size"], threads=settings.get("threads"))
+                raise EngineMismatchError(f"this file was made with the float engine on {threads} threads, far more "
+                                          f"than this machine's {os.cpu_count()} cores; decode it on a machine like "
+                                          "the one that made it")
+            engine = model.engine(exact=False, device=device, batch_size=record.batch_size, threads=threads)
             engine.check_machine(settings)
         else:
-            raise FormatError(f"the file uses an engine this llmzip does not have ({settings.get('kind')}); upgrade llmzip")
-        if engine.vocab_size != header.get("vocab_size") or engine.start_token != header.get("start_token"):
-            raise ModelError("the model's vocabulary does not match the file; " + models.describe_missing(recorded_model))
+            raise FormatError(f"the file uses an engine this llmzip does not have ({settings.get('kind')}); "
+                              "upgrade llmzip")
+        if engine.vocab_size != record.vocab_size or engine.start_token != record.start_token:
+            raise ModelError("the model's vocabulary does not match the file; " + models.describe_missing(record.model))
         return engine, model.tokenizer
 
     def stream_reader(self, source: BinaryIO) -> StreamDecoder:
         return StreamDecoder(source, container.read_header(source), self._engine_for)
 
-    def copy_stream(self, source: BinaryIO, destination: BinaryIO, *, progress: Callable[[int], None] | None = None) -> int:
+    def copy_stream(self, source: BinaryIO, destination: BinaryIO, *,
+                    progress: Callable[[int], None] | None = None) -> int:
         size = 0
         for block in self.stream_reader(source):
             destination.write(block)
@@ -207,7 +232,7 @@ class Decompressor:
 def write_empty_stream(destination: BinaryIO, *, content_size: int | None = 0) -> Summary:
     """The stream a Compressor writes for empty input, written without loading any model:
     it holds no chunk, so no model record either."""
-    summary = StreamEncoder(destination, header={"content_size": content_size}, model_settings=None, tokenizer=None,
+    summary = StreamEncoder(destination, header={"content_size": content_size}, record=None, tokenizer=None,
                             engine=None, chunk_tokens=1, batch_size=1).close()
     summary.compressed_size = destination.tell() if destination.seekable() else 0
     return summary
@@ -222,8 +247,9 @@ def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAU
         output = io.BytesIO()
         write_empty_stream(output)
         return output.getvalue()
-    return Compressor(model=model, level=level, engine=engine, device=device, chunk_tokens=chunk_tokens,
-                      batch_size=batch_size, xz_fallback=xz_fallback, online=online).compress(bytes(data))
+    options = CompressOptions(model=model, level=level, engine=engine, device=device, chunk_tokens=chunk_tokens,
+                              batch_size=batch_size, xz_fallback=xz_fallback, online=online)
+    return Compressor(options).compress(bytes(data))
 
 
 def decompress(data: bytes, *, model: str | None = None, device: str | None = None) -> bytes:

@@ -171,14 +171,12 @@ class ModelCodec(Codec):
     def __init__(self, model: str, *, device: str | None = None, engine: str = "auto", batch_size: int = 16,
                  chunk_tokens: int | None = None, threads: int | None = None, xz_fallback: bool = True,
                  online: bool | None = None):
-        from .api import Compressor, Decompressor, _default_device
+        from .api import CompressOptions, Compressor, Decompressor, _default_device
 
         spec = {"model": model, "device": device, "engine": engine, "batch_size": batch_size,
                 "chunk_tokens": chunk_tokens, "threads": threads, "xz_fallback": xz_fallback, "online": online}
         device = device or _default_device()
-        self.compressor = Compressor(model=model, engine=engine, device=device, batch_size=batch_size,
-                                     chunk_tokens=chunk_tokens, threads=threads, xz_fallback=xz_fallback,
-                                     online=online)
+        self.compressor = Compressor(CompressOptions(**spec), device=device)
         # Decode with the very model that was loaded, whatever name it goes by.
         self.decompressor = Decompressor(model=model, device=device)
         loaded = self.compressor.model

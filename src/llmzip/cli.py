@@ -21,9 +21,13 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import LLMZipError
+
+if TYPE_CHECKING:  # the API imports numpy and the coder; the command line loads it on first use
+    from .api import CompressOptions
 
 SUFFIX = ".llmz"
 SUBCOMMANDS = ("train", "bench", "explain")
@@ -325,11 +329,13 @@ class Runner:
         except Interrupted:
             raise KeyboardInterrupt from None
 
-    def compressor_options(self) -> dict:
+    def compressor_options(self) -> CompressOptions:
+        from .api import CompressOptions  # noqa: F811
+
         args = self.args
-        return dict(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
-                    chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads,
-                    xz_fallback=args.xz_fallback, online=args.online)
+        return CompressOptions(model=args.model, level=args.level or 5, engine=args.engine, device=args.device,
+                               chunk_tokens=args.chunk_tokens, batch_size=args.batch_size, threads=args.threads,
+                               xz_fallback=args.xz_fallback, online=args.online)
 
     def decompressor_options(self) -> dict:
         return dict(model=self.args.model, device=self.args.device)
@@ -339,7 +345,7 @@ class Runner:
         if self._compressor is None:
             from .api import Compressor
 
-            self._compressor = Compressor(**self.compressor_options())
+            self._compressor = Compressor(self.compressor_options())
         return self._compressor
 
     @property

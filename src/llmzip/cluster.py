@@ -22,6 +22,7 @@ caller as the llmzip error it was. Leaving early (Ctrl-C, an error) cancels the 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -215,10 +216,10 @@ class FileTasks:
         self._compress = ray.remote(_compress_task).options(**options)
         self._decompress = ray.remote(_decompress_task).options(**options)
 
-    def compress(self, data: bytes, options: dict, model_settings: dict):
-        """`options`: the Compressor's arguments; `model_settings`: the driver's Compressor's, which
-        the worker's must equal."""
-        options = dict(options, model=portable_model(options.get("model")))
+    def compress(self, data: bytes, options, model_settings: dict):
+        """`options`: the Compressor's (api.CompressOptions); `model_settings`: the driver's
+        Compressor's model record, which the worker's must equal."""
+        options = dataclasses.asdict(options) | {"model": portable_model(options.model)}
         return self._compress.remote(options, model_settings, data, self.threads)
 
     def decompress(self, data: bytes, options: dict, *, test: bool = False):

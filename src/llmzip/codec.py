@@ -26,6 +26,7 @@ from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
 from .errors import CorruptError
 from .online import OnlineModel, mix_rows, unit_sizes
+from .record import ModelRecord
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
@@ -64,13 +65,15 @@ def _raw_chunk(data: bytes) -> ChunkRecord:
 class StreamEncoder:
     """Push bytes in with write(); coded groups go to `destination`; close() writes the end."""
 
-    def __init__(self, destination: BinaryIO, *, header: dict, model_settings: dict, tokenizer, engine,
+    def __init__(self, destination: BinaryIO, *, header: dict, record: ModelRecord | None, tokenizer, engine,
                  chunk_tokens: int, batch_size: int, xz_fallback: bool = True,
                  progress: Callable[[int], None] | None = None):
-        """With an "online" key in `model_settings`, an online model learns from the coded tokens."""
+        """`record`: the model record (None for a stream that needs no model); with its `online`
+        settings an online model learns from the coded tokens."""
         self.destination = destination
         self.xz_fallback = xz_fallback  # off: every text chunk the model does not expand is model-coded
-        self.model_settings = model_settings  # written before the first model-coded group only
+        # The record's JSON, written before the first model-coded group only.
+        self.model_settings = None if record is None else record.to_json()
         self.tokenizer = tokenizer
         self.engine = engine
         self.chunk_tokens = chunk_tokens
@@ -83,8 +86,7 @@ class StreamEncoder:
         self._raw_run = bytearray()  # non-text bytes waiting to be kept raw or as xz
         self._held: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
         self._held_raw = bytearray()  # the input bytes those groups cover
-        online = (model_settings or {}).get("online")
-        self.online = OnlineModel(online) if online is not None else None
+        self.online = OnlineModel(record.online) if record is not None and record.online is not None else None
         self._held_mark = None  # the online state before the held groups, if they become one xz chunk
         container.write_header(destination, header)
 
@@ -168,7 +170,8 @@ class StreamEncoder:
         while any(keep) and keep != coded_together and (self.online is not None or not self.engine.batch_invariant):
             if mark is not None:
                 self.online.rollback(mark)
-            recoded = iter(encode_chunks(self.engine, [tokens for (_, tokens), k in zip(group, keep) if k], self.online))
+            kept = [tokens for (_, tokens), k in zip(group, keep) if k]
+            recoded = iter(encode_chunks(self.engine, kept, self.online))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
             coded_together = keep
             if self.online is None:
@@ -293,7 +296,8 @@ def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | N
             bits[index] += float(coder.code_length_bits(symbols, weights).sum())
             encoders[index].encode(symbols, weights)
         return [(encoder.finish(), row_bits, row_bits) for encoder, row_bits in zip(encoders, bits)]
-    for step, weights, active in _lockstep(engine, [len(tokens) for tokens in token_lists], lambda row, step: token_lists[row][step]):
+    lengths = [len(tokens) for tokens in token_lists]
+    for step, weights, active in _lockstep(engine, lengths, lambda row, step: token_lists[row][step]):
         for row in active:
             symbol, row_weights = token_lists[row][step : step + 1], weights[row : row + 1]
             bits[row] += float(coder.code_length_bits(symbol, row_weights)[0])
@@ -444,7 +448,7 @@ class StreamDecoder:
     of their contents, like gzip members; anything else after an end record is an error.
     """
 
-    def __init__(self, source: BinaryIO, header: dict, engine_for: Callable[[dict], tuple]):
+    def __init__(self, source: BinaryIO, header: dict, engine_for: Callable[[ModelRecord], tuple]):
         self.source = source
         self._engine_for = engine_for  # called once per stream, at its first model-coded chunk
         self._start_stream(header)
@@ -453,7 +457,7 @@ class StreamDecoder:
         self.header = header
         self._engine = None
         self._tokenizer = None
-        self.model_settings: dict | None = None
+        self.record: ModelRecord | None = None  # the stream's model record, once read
         self._online: OnlineModel | None = None
         self.chunk_tokens = 0
         self.batch_size = container.MAX_GROUP_CHUNKS  # until the model record sets the stream's own limit
@@ -496,7 +500,7 @@ class StreamDecoder:
                 self._end = record
                 return
             if isinstance(record, dict):
-                self._take_model_settings(record)
+                self._take_model_record(record)
                 continue
             pending += record
             limit = 0 if self._online is not None else self._lockstep_limit()
@@ -509,31 +513,29 @@ class StreamDecoder:
 
     def _lockstep_limit(self) -> int:
         """How many chunks to decode together: 0 (each group alone) unless the engine is exact."""
-        engine_settings = (self.model_settings or {}).get("engine")
-        if not isinstance(engine_settings, dict) or engine_settings.get("kind") != "exact":
+        if self.record is None or self.record.engine.get("kind") != "exact":
             return 0
         if self._engine is None:
-            self._engine, self._tokenizer = self._engine_for(self.model_settings)
+            self._engine, self._tokenizer = self._engine_for(self.record)
         if not self._engine.batch_invariant:
             return 0
         chunk_bytes = max(1, self._engine.cache_bytes(self.chunk_tokens))
         return max(1, min(LOCKSTEP_CHUNKS, LOCKSTEP_CACHE_BYTES // chunk_bytes))
 
-    def _take_model_settings(self, settings: dict) -> None:
-        if self.model_settings is not None:
+    def _take_model_record(self, settings: dict) -> None:
+        if self.record is not None:
             raise CorruptError("the chunk stream is damaged (a second model record)")
-        self.model_settings = settings
-        self.chunk_tokens = _field(settings, "chunk_tokens", int)
-        self.batch_size = _field(settings, "batch_size", int)
-        if "online" in settings:
-            engine_settings = settings.get("engine")
-            if not isinstance(engine_settings, dict) or engine_settings.get("kind") != "exact":
+        self.record = record = ModelRecord.from_json(settings)  # checks every field
+        self.chunk_tokens = record.chunk_tokens
+        self.batch_size = record.batch_size
+        if record.online is not None:
+            if record.engine.get("kind") != "exact":
                 raise CorruptError("the model record is damaged (an online model needs the exact engine)")
-            self._online = OnlineModel(settings["online"])  # refuses settings this llmzip does not have
+            self._online = OnlineModel(record.online)  # refuses settings this llmzip does not have
 
     def _decode_group(self, records: list[ChunkRecord]) -> list[bytes]:
         model_records = [record for record in records if record.kind == CHUNK_MODEL]
-        if model_records and self.model_settings is None:
+        if model_records and self.record is None:
             raise CorruptError("the chunk stream is damaged (model-coded data before the model record)")
         for record in model_records:
             if not 0 < record.token_count <= self.chunk_tokens:
@@ -554,7 +556,7 @@ class StreamDecoder:
 
     def _decode_model_chunks(self, records: list[ChunkRecord]) -> list[np.ndarray]:
         if self._engine is None:
-            self._engine, self._tokenizer = self._engine_for(self.model_settings)
+            self._engine, self._tokenizer = self._engine_for(self.record)
         if self._online is not None:
             return decode_units(self._engine, records, self._online)
         return decode_chunks(self._engine, records)
@@ -567,10 +569,3 @@ def _unxz(record: ChunkRecord) -> bytes:
     except lzma.LZMAError:
         raise CorruptError("an xz chunk is damaged") from None
     return data
-
-
-def _field(settings: dict, name: str, kind: type):
-    value = settings.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
-        raise CorruptError(f"the model record is damaged (field '{name}')")
-    return value

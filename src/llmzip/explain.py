@@ -369,7 +369,7 @@ def explain(data: bytes, compressor, *, name: str = "input", top: int = 10, wind
 
 
 def run_explain(args) -> int:
-    from .api import Compressor
+    from .api import CompressOptions, Compressor
     from .bench import baseline
 
     if args.file == "-":
@@ -386,8 +386,9 @@ def run_explain(args) -> int:
     output = Path(args.output or f"{Path(name).name if args.file != '-' else 'stdin'}.html")
     if output.exists() and not args.force:
         raise LLMZipError(f"{output} already exists; use -f to overwrite")
-    compressor = Compressor(model=args.model, engine=args.engine, device=args.device, batch_size=args.batch_size,
-                            chunk_tokens=args.chunk_tokens, online=getattr(args, "online", None))
+    compressor = Compressor(CompressOptions(model=args.model, engine=args.engine, device=args.device,
+                                            batch_size=args.batch_size, chunk_tokens=args.chunk_tokens,
+                                            online=getattr(args, "online", None)))
     xz = baseline("xz")
     comparison = {xz.label: 8 * len(xz.compress(data)) / len(data)} if data else {}
     page = explain(data, compressor, name=name, top=args.top, window=args.window, comparison=comparison,
