@@ -72,9 +72,10 @@ def make_seeds(model: str, *, seed: int = 0, engine: str = "float") -> list[tupl
     text = " ".join(rng.choice(WORDS) for _ in range(70)).encode()
     binary = bytes(rng.randrange(256) for _ in range(300))
     compressible = (b"\x00\x01\x02 header \x00" + bytes(range(40))) * 12
-    # Without the xz fallback, so that a random tiny model still codes the text chunks itself.
+    # Without the xz fallback, so that a random tiny model still codes the text chunks itself; with the
+    # online model wherever the engine has one, so its record and state reach the decoder too.
     compressor = llmzip.Compressor(model=model, engine=engine, device="cpu", chunk_tokens=16, batch_size=3, threads=1,
-                                   xz_fallback=False)
+                                   xz_fallback=False, online=True if engine == "exact" else None)
     originals = {
         "empty": b"",
         "one byte": b"x",
