@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 import llmzip
-from llmzip import codec, container
+from llmzip import container, stream
 from llmzip.errors import LLMZipError, TruncatedError
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -238,7 +238,7 @@ def mutate(seeds, rng: random.Random) -> tuple[str, int, bytes]:
 
 def install_memo() -> tuple[dict, Callable[[], None]]:
     """Memoise model decoding by group content (the decoder is a pure function of it); returns (stats, undo)."""
-    original = codec.decode_chunks
+    original = stream.decode_chunks
     memo: dict = {}
     stats = {"hits": 0, "misses": 0}
 
@@ -254,10 +254,10 @@ def install_memo() -> tuple[dict, Callable[[], None]]:
             memo[key] = [tokens.copy() for tokens in original(engine, records)]
         return [tokens.copy() for tokens in memo[key]]
 
-    codec.decode_chunks = decode_chunks
+    stream.decode_chunks = decode_chunks
 
     def undo() -> None:
-        codec.decode_chunks = original
+        stream.decode_chunks = original
 
     return stats, undo
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE_TEXT
-from llmzip import codec
+from llmzip import stream
 from llmzip.api import Compressor
 from llmzip.cli import main
 from llmzip.explain import group_tokens, surprising_spans, token_costs, visible_html
@@ -88,7 +88,7 @@ def test_costs_match_the_compressor(tiny_model):
     assert b"".join(costs.token_bytes) == data and len(costs.bits) == len(costs.tokens)
     chunks = [costs.tokens[start : start + compressor.chunk_tokens]
               for start in range(0, len(costs.tokens), compressor.chunk_tokens)]
-    coded = codec.encode_chunks(compressor.engine, chunks)
+    coded = stream.encode_chunks(compressor.engine, chunks)
     assert costs.chunks == len(chunks)
     assert costs.bits.sum() == pytest.approx(sum(bits for _, bits, _ in coded), rel=1e-9)
 

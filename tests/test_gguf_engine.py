@@ -176,12 +176,12 @@ def test_damaged_gguf_is_refused_clearly(gguf_llama, tmp_path, damage):
 
 def test_decoder_cuts_a_group_to_the_cache_budget(gguf_llama, monkeypatch):
     """A coded group of 8 chunks decodes in lockstep batches no larger than the budget allows."""
-    from llmzip import codec
+    from llmzip import stream
 
     data = b"the theater is in the south; the other one is not. " * 12
     packed = llmzip.compress(data, model=gguf_llama, xz_fallback=False, chunk_tokens=12, batch_size=8)
     engine = llmzip.models.load_model(gguf_llama).engine()
-    monkeypatch.setattr(codec, "LOCKSTEP_CACHE_BYTES", 3 * engine.cache_bytes(12))
+    monkeypatch.setattr(stream, "LOCKSTEP_CACHE_BYTES", 3 * engine.cache_bytes(12))
     batches = []
     start = type(engine).start
     monkeypatch.setattr(type(engine), "start",

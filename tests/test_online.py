@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import llmzip
-from llmzip import codec, coder, online
+from llmzip import coder, online, stream
 from llmzip.errors import CorruptError, FormatError
 
 TOTAL = 1 << online.ROW_TOTAL_BITS
@@ -164,7 +164,7 @@ def test_round_trip_with_the_fast_level_in_several_units(one_thread, monkeypatch
     details = llmzip.info(packed)
     assert details.model_settings["online"]["unit_chunks"] == 4 and details.chunks["model"] > 8
     # The decoder's own lockstep limit does not reach the online model's units.
-    monkeypatch.setattr(codec, "LOCKSTEP_CHUNKS", 2)
+    monkeypatch.setattr(stream, "LOCKSTEP_CHUNKS", 2)
     assert llmzip.decompress(packed) == data
     assert len(packed) < len(llmzip.compress(data, level=1, batch_size=4, xz_fallback=False, online=False))
 
@@ -172,10 +172,10 @@ def test_round_trip_with_the_fast_level_in_several_units(one_thread, monkeypatch
 def test_groups_replaced_by_xz_are_forgotten_by_the_encoder(one_thread, monkeypatch):
     """A group coded and then replaced by xz is never seen by the decoder's online model, so the
     encoder takes it back: both end with the same online state."""
-    monkeypatch.setattr(codec, "BLOCK_BYTES", 1500)  # xz over a span is weighed every 1,500 bytes
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 1500)  # xz over a span is weighed every 1,500 bytes
     generator = random.Random(3)
     lines = [b"<row><k>alpha</k><v>1</v></row>\n", b"<row><k>beta</k><v>22</v></row>\n", b"<row><k>gamma</k></row>\n"]
-    prose = " ".join(module.__doc__ for module in (online, codec, coder, llmzip.api)).encode()
+    prose = " ".join(module.__doc__ for module in (online, stream, coder, llmzip.api)).encode()
     data = prose[:1500] + b"".join(generator.choice(lines) for _ in range(120)) + prose[1500:]
     compressor = llmzip.Compressor(level=1, chunk_tokens=32, batch_size=4, online=True)
     output = io.BytesIO()
@@ -247,7 +247,7 @@ def test_online_payloads_are_pinned(tiny_model, one_thread):
     digest = hashlib.sha256()
     saved = 0.0
     for first in range(0, len(chunks), 3):
-        for payload, bits, alone_bits in codec.encode_chunks(compressor.engine, chunks[first : first + 3], model):
+        for payload, bits, alone_bits in stream.encode_chunks(compressor.engine, chunks[first : first + 3], model):
             digest.update(payload)
             saved += alone_bits - bits
     assert saved > 0

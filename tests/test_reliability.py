@@ -470,22 +470,22 @@ def _bytes_io(data: bytes):
 # 8. Cost: no model runs where xz is sure to win.
 
 def test_a_run_of_one_byte_skips_the_model_and_writes_the_same_bytes(monkeypatch):
-    from llmzip import codec
+    from llmzip import stream
 
     data = b"The run of one byte below is xz's to code.\n" + b"a" * 2048 + b"\nand some words after it.\n"
     runs = []
-    real_encode = codec.encode_chunks
+    real_encode = stream.encode_chunks
 
     def counting(engine, token_lists, *online):
         runs.append(sum(map(len, token_lists)))
         return real_encode(engine, token_lists, *online)
 
-    monkeypatch.setattr(codec, "encode_chunks", counting)
+    monkeypatch.setattr(stream, "encode_chunks", counting)
     compressor = llmzip.Compressor(model="llmzip-tiny", device="cpu", chunk_tokens=32, batch_size=4)
     packed = compressor.compress(data)
     skipped_runs = sum(runs)
     assert llmzip.decompress(packed) == data
     runs.clear()
-    monkeypatch.setattr(codec.StreamEncoder, "_least_model_size", lambda self, group: -1)  # always ask the model
+    monkeypatch.setattr(stream.StreamEncoder, "_least_model_size", lambda self, group: -1)  # always ask the model
     assert compressor.compress(data) == packed
     assert skipped_runs < sum(runs) // 4  # the run's 2048 tokens never reached the model

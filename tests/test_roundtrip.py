@@ -56,17 +56,17 @@ def test_many_chunks_and_groups(tiny_model, engine):
     assert details.chunks["model"] > 3 * 2  # several full groups of model-coded chunks
     assert details.model_settings["engine"]["kind"] == engine
 
-    from llmzip import codec
+    from llmzip import stream
 
     batches = []
-    decode_chunks = codec.decode_chunks
+    decode_chunks = stream.decode_chunks
 
     def recording(engine_object, records):
         batches.append(len(records))
         return decode_chunks(engine_object, records)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(codec, "decode_chunks", recording)
+        patch.setattr(stream, "decode_chunks", recording)
         assert llmzip.decompress(packed, model=tiny_model) == data
     if engine == "exact":  # rows do not depend on the batch: consecutive groups are decoded together
         assert max(batches) > 3

@@ -11,10 +11,10 @@ from typing import BinaryIO, Callable
 
 from . import coder, container, models
 from . import online as online_model
-from .codec import StreamDecoder, StreamEncoder, Summary, online_unit_chunks
 from .container import CHUNK_NAMES, EndRecord
 from .errors import CorruptError, EngineMismatchError, FormatError, LLMZipError, ModelError
 from .record import ModelRecord
+from .stream import StreamDecoder, StreamEncoder, Summary, online_unit_chunks
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_CHUNK_TOKENS = 1023  # for a model named by path: longer chunks slow every decoding step

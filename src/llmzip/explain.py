@@ -66,8 +66,8 @@ def token_costs(compressor, data: bytes) -> TokenCosts:
 def online_bits(compressor, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Every token's cost with the online model and under the model alone, through the encoder's
     own path: the chunks in the compressor's groups and units, as when all of them are model-coded."""
-    from .codec import encode_chunks
     from .online import OnlineModel
+    from .stream import encode_chunks
 
     online = OnlineModel(compressor.model_settings()["online"])
     bits = [np.zeros(len(chunk)) for chunk in chunks]
