@@ -6,8 +6,11 @@
  * matters. Threads split output rows, never a reduction, so the thread count does not matter either.
  *
  * Weights are GGUF Q4_1 or Q8_0 blocks of 32, re-laid out once at load time:
- *   codes   uint8 (Q4_1, 0..15) or int8 (Q8_0), [R/8][K/32][16][8][2]: for each group of 8 output
- *           rows and each block, 16 pairs of consecutive inputs, the 8 rows' pair side by side;
+ *   codes   int8 (Q8_0) [R/8][K/32][16][8][2]: for each group of 8 output rows and each block,
+ *           16 pairs of consecutive inputs, the 8 rows' pair side by side;
+ *           4-bit (Q4_1, Q4_0: 0..15) [R/8][K/32][8][8][2], two codes a byte: the byte of pair p
+ *           holds pair p in its low nibble and pair p + 8 in its high nibble (half the memory
+ *           traffic of bytes, which is what a decoding step with few chunks waits for);
  *   scales  int32 [R/8][K/32][8]: the block scale d as an integer, d = scale * 2**row_exponent;
  *   minimums int32 [R/8][K/32][8] (Q4_1 only): the block minimum m, same exponent.
  * A row's dot product with an int16 input row x is then exactly
@@ -69,6 +72,11 @@ typedef struct {
     Py_ssize_t group_begin, group_end;
 } LinearTask;
 
+/* Bytes of one block of a group of 8 rows: 32 codes a row, two a byte when they are 4-bit. */
+static inline Py_ssize_t code_bytes(int signed_codes) {
+    return signed_codes ? BLOCK * ROWS_PER_GROUP : BLOCK * ROWS_PER_GROUP / 2;
+}
+
 static void store_row_group(const LinearTask *task, Py_ssize_t t, Py_ssize_t group, const int64_t *totals) {
     int64_t *out = task->out + t * task->R + group * ROWS_PER_GROUP;
     for (int i = 0; i < ROWS_PER_GROUP; i++) {
@@ -83,20 +91,25 @@ static void store_row_group(const LinearTask *task, Py_ssize_t t, Py_ssize_t gro
 }
 
 static void linear_plain(const LinearTask *task) {
-    const Py_ssize_t blocks = task->K / BLOCK;
+    const Py_ssize_t blocks = task->K / BLOCK, block_bytes = code_bytes(task->signed_codes);
     for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
         for (Py_ssize_t t = 0; t < task->T; t++) {
             const int16_t *x = task->x + t * task->K;
             int64_t totals[ROWS_PER_GROUP] = {0};
             for (Py_ssize_t b = 0; b < blocks; b++) {
-                const uint8_t *codes = task->codes + (group * blocks + b) * (BLOCK * ROWS_PER_GROUP);
+                const uint8_t *codes = task->codes + (group * blocks + b) * block_bytes;
                 const int32_t *scales = task->scales + (group * blocks + b) * ROWS_PER_GROUP;
                 for (int i = 0; i < ROWS_PER_GROUP; i++) {
                     int32_t sum = 0, input_sum = 0;
                     for (int j = 0; j < BLOCK; j++) {
                         int pair = j / 2, half = j % 2;
-                        uint8_t raw = codes[(pair * ROWS_PER_GROUP + i) * 2 + half];
-                        int32_t code = task->signed_codes ? (int32_t)(int8_t)raw : (int32_t)raw;
+                        int32_t code;
+                        if (task->signed_codes)
+                            code = (int8_t)codes[(pair * ROWS_PER_GROUP + i) * 2 + half];
+                        else {
+                            uint8_t both = codes[((pair % 8) * ROWS_PER_GROUP + i) * 2 + half];
+                            code = pair < 8 ? both & 15 : both >> 4;
+                        }
                         sum += code * x[b * BLOCK + j];
                         input_sum += x[b * BLOCK + j];
                     }
@@ -111,58 +124,73 @@ static void linear_plain(const LinearTask *task) {
 }
 
 #if HAVE_X86
+/* sums[n] += the 8 rows' pair `pair` (int16 weights) times token n's inputs 2 pair, 2 pair + 1 */
+#define ADD_PAIR(WEIGHTS, PAIR, TOKENS)                                                                                \
+    {                                                                                                                  \
+        __m256i weights = (WEIGHTS);                                                                                   \
+        for (int n = 0; n < TOKENS; n++) {                                                                             \
+            int32_t inputs;                                                                                            \
+            memcpy(&inputs, rows[n] + b * BLOCK + 2 * (PAIR), 4);                                                      \
+            sums[n] = _mm256_add_epi32(sums[n], _mm256_madd_epi16(weights, _mm256_set1_epi32(inputs)));                \
+        }                                                                                                              \
+    }
+
 /* TOKENS input rows against one group of 8 weight rows; the weights of a block are widened to
  * int16 once and used for every token. vpmaddwd adds two products into each int32 lane; the 16
  * lane sums of a block are exact (< 2**27), then multiplied by the block scale into int64. */
-#define DEFINE_TILE(TOKENS)                                                                                     \
-    __attribute__((target("avx2"))) static void linear_tile_##TOKENS(const LinearTask *task, Py_ssize_t group, \
-                                                                      Py_ssize_t t0) {                        \
-        const Py_ssize_t blocks = task->K / BLOCK;                                                            \
-        /* int64 totals live in memory: they change once per block, the int32 sums every pair */            \
-        __m256i even[TOKENS], odd[TOKENS];                                                                     \
-        for (int n = 0; n < TOKENS; n++) even[n] = odd[n] = _mm256_setzero_si256();                           \
-        const int16_t *rows[TOKENS];                                                                           \
-        for (int n = 0; n < TOKENS; n++) rows[n] = task->x + (t0 + n) * task->K;                               \
-        for (Py_ssize_t b = 0; b < blocks; b++) {                                                              \
-            const uint8_t *codes = task->codes + (group * blocks + b) * (BLOCK * ROWS_PER_GROUP);              \
-            __m256i sums[TOKENS];                                                                              \
-            for (int n = 0; n < TOKENS; n++) sums[n] = _mm256_setzero_si256();                                \
-            for (int pair = 0; pair < BLOCK / 2; pair++) {                                                     \
-                __m128i raw = _mm_loadu_si128((const __m128i *)(codes + pair * 2 * ROWS_PER_GROUP));           \
-                __m256i weights = task->signed_codes ? _mm256_cvtepi8_epi16(raw) : _mm256_cvtepu8_epi16(raw); \
-                for (int n = 0; n < TOKENS; n++) {                                                             \
-                    int32_t inputs;                                                                            \
-                    memcpy(&inputs, rows[n] + b * BLOCK + 2 * pair, 4);                                         \
-                    sums[n] = _mm256_add_epi32(sums[n], _mm256_madd_epi16(weights, _mm256_set1_epi32(inputs))); \
-                }                                                                                              \
-            }                                                                                                  \
-            const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                      \
-            __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                          \
-            __m256i scale_odd = _mm256_srli_epi64(scale, 32);                                                  \
-            for (int n = 0; n < TOKENS; n++) {                                                                 \
-                even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sums[n], scale));                         \
-                odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sums[n], 32), scale_odd)); \
-            }                                                                                                  \
-            if (task->minimums) {                                                                              \
-                __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));                  \
-                __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);                                          \
-                for (int n = 0; n < TOKENS; n++) {                                                             \
-                    __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);            \
-                    even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));                 \
-                    odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));               \
-                }                                                                                              \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int n = 0; n < TOKENS; n++) {                                                                     \
-            int64_t lanes_even[4], lanes_odd[4], totals[ROWS_PER_GROUP];                                       \
-            _mm256_storeu_si256((__m256i *)lanes_even, even[n]);                                               \
-            _mm256_storeu_si256((__m256i *)lanes_odd, odd[n]);                                                 \
-            for (int i = 0; i < 4; i++) {                                                                      \
-                totals[2 * i] = lanes_even[i];                                                                 \
-                totals[2 * i + 1] = lanes_odd[i];                                                              \
-            }                                                                                                  \
-            store_row_group(task, t0 + n, group, totals);                                                      \
-        }                                                                                                      \
+#define DEFINE_TILE(TOKENS)                                                                                            \
+    __attribute__((target("avx2"))) static void linear_tile_##TOKENS(const LinearTask *task, Py_ssize_t group,         \
+                                                                      Py_ssize_t t0) {                                 \
+        const Py_ssize_t blocks = task->K / BLOCK;                                                                     \
+        /* int64 totals live in memory: they change once per block, the int32 sums every pair */                       \
+        __m256i even[TOKENS], odd[TOKENS];                                                                             \
+        for (int n = 0; n < TOKENS; n++) even[n] = odd[n] = _mm256_setzero_si256();                                    \
+        const int16_t *rows[TOKENS];                                                                                   \
+        for (int n = 0; n < TOKENS; n++) rows[n] = task->x + (t0 + n) * task->K;                                       \
+        const Py_ssize_t block_bytes = code_bytes(task->signed_codes);                                                 \
+        const __m128i nibble = _mm_set1_epi8(15);                                                                      \
+        for (Py_ssize_t b = 0; b < blocks; b++) {                                                                      \
+            const uint8_t *codes = task->codes + (group * blocks + b) * block_bytes;                                   \
+            __m256i sums[TOKENS];                                                                                      \
+            for (int n = 0; n < TOKENS; n++) sums[n] = _mm256_setzero_si256();                                         \
+            if (task->signed_codes)                                                                                    \
+                for (int pair = 0; pair < BLOCK / 2; pair++) {                                                         \
+                    __m128i raw = _mm_loadu_si128((const __m128i *)(codes + pair * 2 * ROWS_PER_GROUP));               \
+                    ADD_PAIR(_mm256_cvtepi8_epi16(raw), pair, TOKENS)                                                  \
+                }                                                                                                      \
+            else                                                                                                       \
+                for (int pair = 0; pair < BLOCK / 4; pair++) {                                                         \
+                    __m128i raw = _mm_loadu_si128((const __m128i *)(codes + pair * 2 * ROWS_PER_GROUP));               \
+                    ADD_PAIR(_mm256_cvtepu8_epi16(_mm_and_si128(raw, nibble)), pair, TOKENS)                           \
+                    ADD_PAIR(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), nibble)), pair + 8, TOKENS)    \
+                }                                                                                                      \
+            const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                               \
+            __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                                  \
+            __m256i scale_odd = _mm256_srli_epi64(scale, 32);                                                          \
+            for (int n = 0; n < TOKENS; n++) {                                                                         \
+                even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sums[n], scale));                                 \
+                odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sums[n], 32), scale_odd));        \
+            }                                                                                                          \
+            if (task->minimums) {                                                                                      \
+                __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));                          \
+                __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);                                                  \
+                for (int n = 0; n < TOKENS; n++) {                                                                     \
+                    __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);                    \
+                    even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));                         \
+                    odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));                       \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int n = 0; n < TOKENS; n++) {                                                                             \
+            int64_t lanes_even[4], lanes_odd[4], totals[ROWS_PER_GROUP];                                               \
+            _mm256_storeu_si256((__m256i *)lanes_even, even[n]);                                                       \
+            _mm256_storeu_si256((__m256i *)lanes_odd, odd[n]);                                                         \
+            for (int i = 0; i < 4; i++) {                                                                              \
+                totals[2 * i] = lanes_even[i];                                                                         \
+                totals[2 * i + 1] = lanes_odd[i];                                                                      \
+            }                                                                                                          \
+            store_row_group(task, t0 + n, group, totals);                                                              \
+        }                                                                                                              \
     }
 
 DEFINE_TILE(8)
@@ -340,7 +368,8 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     Py_ssize_t blocks = K / BLOCK;
     if (!(task.x = take(&buffers, x_object, 2, T * K, 0, "x")) ||
         !(task.x_exponent = take(&buffers, x_exponent_object, 4, T, 0, "x_exponent")) ||
-        !(task.codes = take(&buffers, codes_object, 1, R * K, 0, "codes")) ||
+        !(task.codes = take(&buffers, codes_object, 1, R / ROWS_PER_GROUP * (K / BLOCK) * code_bytes(signed_codes), 0,
+                            "codes")) ||
         !(task.scales = take(&buffers, scales_object, 4, R * blocks, 0, "scales")) ||
         !(task.row_exponent = take(&buffers, row_exponent_object, 4, R, 0, "row_exponent")) ||
         !(task.out = take(&buffers, out_object, 8, T * R, 1, "out"))) {

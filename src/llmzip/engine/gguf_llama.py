@@ -265,11 +265,14 @@ class QuantisedMatrix:
         return np.ldexp(weight.reshape(self.rows, self.inputs), self.exponents[:, None])
 
     def kernel_layout(self):
-        """codes [R/8][K/32][16][8][2], scales and minimums [R/8][K/32][8], the total row exponent."""
+        """codes [R/8][K/32][16][8][2] (8-bit) or [R/8][K/32][8][8][2] (4-bit: pair p in the low nibble,
+        pair p + 8 in the high one), scales and minimums [R/8][K/32][8]."""
         if self._kernel_layout is None:
             groups, blocks = self.rows // ROWS_PER_GROUP, self.inputs // BLOCK
             codes = self.natural_codes.reshape(groups, ROWS_PER_GROUP, blocks, BLOCK // 2, 2)
             codes = np.ascontiguousarray(codes.transpose(0, 2, 3, 1, 4)).view(np.uint8)
+            if not self.signed:
+                codes = codes[:, :, : BLOCK // 4] | (codes[:, :, BLOCK // 4 :] << 4)
             regroup = lambda v: np.ascontiguousarray(  # noqa: E731
                 v.reshape(groups, ROWS_PER_GROUP, blocks).transpose(0, 2, 1), dtype=np.int32)
             minimums = None if self.minimums is None else regroup(self.minimums)
