@@ -38,6 +38,7 @@ PROBABILITY_BITS = 16  # the secondary estimate's resolution
 MATCH_ORDERS = (4, 2, 1)  # tokens of context a match must share before it predicts, longest tried first
 MATCH_CHECK = 32  # tokens compared backwards when a match is found (its starting length)
 HASH_BITS = 22  # match-table slots: 4 M positions remembered
+POSITION_LIMIT = 2**31 - 1  # the last token position a table remembers (int32)
 LENGTH_CONTEXTS = 24  # match-length buckets of the secondary estimate
 STRETCH_FRACTION = 256  # log-odds in 1/256 bit
 STRETCH_NODES = 25  # nodes at -12 .. +12 bits of the model's log-odds for the candidate
@@ -154,18 +155,23 @@ class OnlineModel:
     def __init__(self, settings: dict):
         check_settings(settings)
         self.unit_chunks = settings["unit_chunks"]
-        self.tokens = array("q")  # every model-coded token so far, chunk after chunk
+        self.tokens = array("i")  # every model-coded token so far, chunk after chunk
         self.known = bytearray()  # 1 where that token has been observed
-        # per order: context hash -> position of the token that followed that context
-        self.tables = [[-1] * (1 << HASH_BITS) for _ in MATCH_ORDERS]
+        # per order: context hash -> position of the token that followed that context; int32 arrays,
+        # a fixed 16 MiB each however many slots fill (a list would hold an int object per slot)
+        self.tables = [array("i", [-1]) * (1 << HASH_BITS) for _ in MATCH_ORDERS]
         self.hits = [0] * (LENGTH_CONTEXTS * STRETCH_NODES)  # per cell, in 1/256 observations
         self.trials = [0] * (LENGTH_CONTEXTS * STRETCH_NODES)
-        self._undo: list[tuple[list, int, int]] = []  # (table, slot, old position) of writes since the last commit
+        # (table, slot, old position) of the writes since the first checkpoint not yet committed; a
+        # decoder takes no checkpoints, so it keeps no log that would grow with the file
+        self._undo: list[tuple[array, int, int]] | None = None
         self._begin_unit([])
 
     # -- checkpoints (encoder only) --
 
     def checkpoint(self) -> tuple:
+        if self._undo is None:
+            self._undo = []
         return len(self.tokens), len(self._undo), list(self.hits), list(self.trials)
 
     def rollback(self, mark: tuple) -> None:
@@ -179,7 +185,7 @@ class OnlineModel:
 
     def commit(self) -> None:
         """Nothing before now will be rolled back."""
-        self._undo.clear()
+        self._undo = None
 
     # -- a unit --
 
@@ -187,7 +193,7 @@ class OnlineModel:
         self.bases = []
         for length in lengths:
             self.bases.append(len(self.tokens))
-            self.tokens.frombytes(bytes(8 * length))
+            self.tokens.frombytes(bytes(self.tokens.itemsize * length))
             self.known.extend(bytes(length))
         self.pointer = [-1] * len(lengths)  # position of each chunk's candidate, −1: no match
         self.length = [0] * len(lengths)
@@ -265,9 +271,12 @@ class OnlineModel:
                 self.length[chunk] += 1
             else:
                 self.pointer[chunk], self.length[chunk] = -1, 0
+        if here > POSITION_LIMIT:  # the tables hold int32 positions: later contexts are not remembered
+            return
         for table, slot in zip(self.tables, self._slots(chunk, step)):
             if slot >= 0:
-                self._undo.append((table, slot, table[slot]))
+                if self._undo is not None:
+                    self._undo.append((table, slot, table[slot]))
                 table[slot] = here
 
     def target(self, chunk: int, length: int, weight: int) -> tuple[int, int, int]:
