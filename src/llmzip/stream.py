@@ -1,15 +1,21 @@
-"""Streaming compression and decompression: bytes -> chunks -> coded groups, and back.
+"""The stream pipeline: bytes -> chunks -> coded groups, and back.
 
-The input is read in blocks. A block that looks like text is tokenised and cut into chunks
-of at most `chunk_tokens` tokens; each chunk is coded from a fresh context (the start token),
-so chunks are independent. Chunks are coded in groups of up to `batch_size` that share one
-batched model pass. A block that does not look like text (or a chunk the model would expand)
-is kept raw or xz-compressed, whichever is smaller, so no input grows by more than the
-framing.
+The encoder (StreamEncoder) is a short pipeline:
+- split: the input is read in blocks; a block that looks like text is cut into segments, text
+  and raw runs (bytes the tokenizer has no token for, or a whole block that is not text); text is
+  tokenised and cut into chunks of at most `chunk_tokens` tokens (`split_chunks`), each coded from
+  a fresh context (the start token), so chunks are independent; chunks go in groups of up to
+  `batch_size` (`split_groups`);
+- code: a group's chunks share one batched model pass (`encode_chunks`), with the online model;
+- choose: each group is written as its model chunks, or as one xz or stored chunk, whichever is
+  smallest; each span (about a block of coded groups) as its groups or one xz chunk, so no input
+  grows by more than the framing;
+- write: groups in input order.
 
-The decoder walks each group with the incremental path; the encoder uses a full pass only
-when the engine proves the two identical (batch_invariant), and otherwise walks the very same
-incremental path with the same batch shapes.
+The decoder (StreamDecoder) reads the groups back and decodes their model chunks in lockstep
+(`lockstep`). The encoder uses a full pass only when the engine proves the two identical
+(batch_invariant), and otherwise walks the very same lockstep path with the same batch shapes;
+with the online model, both mix its candidates into the rows through `_mix_online`.
 """
 
 from __future__ import annotations
@@ -25,12 +31,16 @@ import numpy as np
 from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
 from .errors import CorruptError
-from .online import OnlineModel, mix_rows, unit_sizes
+from .online import OnlineModel, mix_rows
 from .record import ModelRecord
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
 _XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
 MIN_MODEL_PAYLOAD = 4  # the range coder ends every chunk of one token or more with at least one 32-bit word
+# The exact engine decodes up to this many chunks of consecutive groups in lockstep, within a
+# budget for their key/value caches (SmolLM2-135M in the GGUF engine needs ~25 MB per 1023-token chunk).
+LOCKSTEP_CHUNKS = 64
+LOCKSTEP_CACHE_BYTES = 3 * 2**27  # 384 MiB
 
 
 @dataclass
@@ -43,6 +53,14 @@ class Summary:
     model_raw_bytes: int = 0
     tokens: int = 0
     chunks: dict = field(default_factory=lambda: {"model": 0, "stored": 0, "xz": 0})
+
+    def add(self, other: Summary) -> None:
+        """Count what `other`'s model-coded chunks add (its chunk counts are counted where written)."""
+        self.model_bits += other.model_bits
+        self.model_alone_bits += other.model_alone_bits
+        self.model_payload_bytes += other.model_payload_bytes
+        self.model_raw_bytes += other.model_raw_bytes
+        self.tokens += other.tokens
 
 
 def looks_like_text(block: bytes) -> bool:
@@ -62,8 +80,218 @@ def _raw_chunk(data: bytes) -> ChunkRecord:
     return ChunkRecord(CHUNK_STORED, len(data), 0, zlib.crc32(data), data)
 
 
+# -- cutting ----------------------------------------------------------------------------------------
+
+def split_chunks(items, chunk_size: int) -> list:
+    """Tokens (or a raw run's bytes) cut into chunks of `chunk_size`, the last one shorter if need be.
+    The one cut of the encoder and `explain`; the decoder reads chunk boundaries from the file."""
+    return [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
+
+
+def split_groups(chunks: list, group_size: int) -> list[list]:
+    """Chunks in order, cut into groups of `group_size`, the last one shorter if need be: the
+    encoder's groups of `batch_size`, a group's model chunks in units of `unit_chunks`, the
+    decoder's lockstep batches."""
+    return split_chunks(chunks, group_size)
+
+
+# -- lockstep ---------------------------------------------------------------------------------------
+
+def lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int], online: OnlineModel | None = None):
+    """Walk chunks of these lengths one position at a time, one batched engine step per position:
+    yields (step, weights (B, V), active chunks, predictions).
+
+    Every chunk is fed at every step (the start token once it has finished), so the batch shape
+    never depends on which chunks are done: encoder and decoder see the same computation. After
+    each yield, `token_at(chunk, step)` gives the token the caller coded at that position. With an
+    online model (the unit begun by the caller), every active chunk predicts before the step is
+    yielded, `predictions` holding its (candidate, match length), and observes its token after:
+    the order of the file's rule. `engine` None walks the online model alone (weights None): the
+    encoder's walk, whose rows come from a full pass.
+    """
+    session = None if engine is None else engine.start(len(lengths))
+    feed = None if engine is None else np.full(len(lengths), engine.start_token, dtype=np.int64)
+    for step in range(max(lengths, default=0)):
+        weights = session.advance(feed) if session is not None else None
+        active = [chunk for chunk, length in enumerate(lengths) if step < length]
+        predictions = [online.predict(chunk, step) for chunk in active] if online is not None else None
+        yield step, weights, active, predictions
+        tokens = [int(token_at(chunk, step)) for chunk in active]
+        if online is not None:
+            for chunk, token in zip(active, tokens):
+                online.observe(chunk, step, token)
+        if session is not None:
+            feed = np.full(len(lengths), engine.start_token, dtype=np.int64)
+            feed[active] = tokens
+
+
+def _mix_online(online: OnlineModel, chunks: list[int], rows: np.ndarray, candidates: np.ndarray,
+                match_lengths: np.ndarray, token_at: Callable[[int, np.ndarray], int]) -> None:
+    """The online model's one probability path, for encoder and decoder alike: row i (of chunk
+    `chunks[i]`, with its candidate and match length) is mixed in place, then `token_at(i, row)`
+    gives the token coded under it (the encoder's own, or what the decoder reads from the row),
+    which the secondary estimate learns from before the chunk's next position is mixed."""
+    for i in range(len(rows)):
+        row, candidate, probability = rows[i : i + 1], int(candidates[i]), 0
+        if candidate >= 0:
+            probability, cell, fraction = online.target(chunks[i], int(match_lengths[i]), int(row[0, candidate]))
+        if probability:
+            mix_rows(row, candidates[i : i + 1], np.array([probability], dtype=np.int64))
+        token = token_at(i, row)
+        if probability:
+            online.learn(chunks[i], cell, fraction, token == candidate)
+
+
+def lockstep_limit(engine, chunk_tokens: int, most: int) -> int:
+    """How many chunks of `chunk_tokens` tokens (at most `most`) the decoder holds in lockstep within
+    its cache budget."""
+    return max(1, min(most, LOCKSTEP_CACHE_BYTES // max(1, engine.cache_bytes(chunk_tokens))))
+
+
+def online_unit_chunks(engine, chunk_tokens: int, batch_size: int) -> int:
+    """The most chunks of an online unit: what the decoder can hold in lockstep within its cache
+    budget, the group's chunks split evenly into as few units as that allows. Recorded in the
+    file, so the units never depend on the decoding machine."""
+    units = -(-batch_size // lockstep_limit(engine, chunk_tokens, batch_size))
+    return -(-batch_size // units)
+
+
+# -- coding chunks ------------------------------------------------------------------------------
+
+class _ChunkEncoder:
+    """One chunk's range encoder and code lengths (with and without the online model), fed its rows in order."""
+
+    def __init__(self, index: int, token_bits: list | None):
+        self.index, self.token_bits = index, token_bits
+        self.encoder = coder.Encoder()
+        self.bits = self.alone_bits = 0.0
+
+    def encode(self, start: int, symbols: np.ndarray, rows: np.ndarray, alone: np.ndarray | None = None) -> None:
+        """Code the tokens at positions start.. under their rows; `alone`: their bits under the model's rows alone."""
+        bits = coder.code_length_bits(symbols, rows)
+        alone = bits if alone is None else alone
+        self.bits += float(bits.sum())
+        self.alone_bits += float(alone.sum())
+        if self.token_bits is not None:
+            self.token_bits.append((self.index, start, bits, alone))
+        self.encoder.encode(symbols, rows)
+
+    def finish(self) -> tuple[bytes, float, float]:
+        return self.encoder.finish(), self.bits, self.alone_bits
+
+
+def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | None = None,
+                  token_bits: list | None = None) -> list[tuple[bytes, float, float]]:
+    """Each chunk's payload, its code length in bits and the model's own code length in bits
+    (the same without the online model), coded together in one batch.
+
+    With an online model the chunks are one or more units (see online.py), coded in order.
+    `token_bits`, if given, receives (chunk, start, bits, bits alone) for the tokens of each
+    chunk from `start` (for explain).
+    """
+    if online is not None:
+        results: list[tuple[bytes, float, float]] = []
+        for unit in split_groups(token_lists, online.unit_chunks):
+            results += _encode_unit(engine, unit, online, token_bits, len(results))
+        return results
+    chunks = [_ChunkEncoder(index, token_bits) for index in range(len(token_lists))]
+    if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
+        for index, start, weights in engine.sequence_pieces(token_lists):
+            chunks[index].encode(start, token_lists[index][start : start + len(weights)], weights)
+    else:
+        lengths = [len(tokens) for tokens in token_lists]
+        for step, weights, active, _ in lockstep(engine, lengths, lambda chunk, step: token_lists[chunk][step]):
+            for chunk in active:
+                chunks[chunk].encode(step, token_lists[chunk][step : step + 1], weights[chunk : chunk + 1])
+    return [chunk.finish() for chunk in chunks]
+
+
+def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, token_bits: list | None,
+                 first: int) -> list[tuple[bytes, float, float]]:
+    """One unit with the online model. Its candidates depend on tokens only, so the unit is
+    walked in lockstep first, exactly as the decoder will walk it; the full pass's rows then
+    arrive chunk by chunk, and each chunk's secondary estimate, which sees only its own chunk
+    within the unit, follows them in order."""
+    if not engine.batch_invariant:
+        raise ValueError("the online model needs an exact engine")
+    lengths = [len(tokens) for tokens in token_lists]
+    online.begin_unit(lengths)
+    candidates = [np.full(length, -1, dtype=np.int64) for length in lengths]
+    match_lengths = [np.zeros(length, dtype=np.int64) for length in lengths]
+    for step, _, active, predictions in lockstep(None, lengths, lambda chunk, step: token_lists[chunk][step], online):
+        for chunk, (candidate, length) in zip(active, predictions):
+            candidates[chunk][step], match_lengths[chunk][step] = candidate, length
+    chunks = [_ChunkEncoder(first + index, token_bits) for index in range(len(token_lists))]
+    for index, start, weights in engine.sequence_pieces(token_lists):
+        positions = slice(start, start + len(weights))
+        symbols = token_lists[index][positions]
+        alone = coder.code_length_bits(symbols, weights)
+        # In place: the engine's rows are not needed again.
+        _mix_online(online, [index] * len(weights), weights, candidates[index][positions],
+                    match_lengths[index][positions], lambda offset, row: symbols[offset])
+        chunks[index].encode(start, symbols, weights, alone)
+    online.end_unit()
+    return [chunk.finish() for chunk in chunks]
+
+
+def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
+    """The tokens of model chunks coded without an online model, decoded together in lockstep."""
+    decoders = [coder.Decoder(record.payload) for record in records]
+    decoded = [np.empty(record.token_count, dtype=np.int64) for record in records]
+    lengths = [record.token_count for record in records]
+    for step, weights, active, _ in lockstep(engine, lengths, lambda chunk, step: decoded[chunk][step]):
+        for chunk in active:
+            decoded[chunk][step] = _decode_one(decoders[chunk], weights[chunk : chunk + 1])
+    return decoded
+
+
+def decode_units(engine, records: list[ChunkRecord], online: OnlineModel) -> list[np.ndarray]:
+    """The tokens of a group's model chunks coded with an online model: its units, in order.
+    Unlike decode_chunks, the result depends on the online model's state as well."""
+    decoded: list[np.ndarray] = []
+    for unit in split_groups(records, online.unit_chunks):
+        decoded += _decode_unit(engine, unit, online)
+    return decoded
+
+
+def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> list[np.ndarray]:
+    """One unit in lockstep: at each step every chunk predicts, then every chunk's token is
+    decoded under its mixed row and learnt from, then every chunk observes: _encode_unit's order."""
+    decoders = [coder.Decoder(record.payload) for record in records]
+    lengths = [record.token_count for record in records]
+    decoded = [np.empty(length, dtype=np.int64) for length in lengths]
+    online.begin_unit(lengths)
+    for step, weights, active, predictions in lockstep(engine, lengths, lambda chunk, step: decoded[chunk][step],
+                                                       online):
+
+        def decode(offset: int, row: np.ndarray) -> int:
+            chunk = active[offset]
+            decoded[chunk][step] = token = _decode_one(decoders[chunk], row)
+            return token
+
+        candidates = np.array([candidate for candidate, _ in predictions], dtype=np.int64)
+        match_lengths = np.array([length for _, length in predictions], dtype=np.int64)
+        _mix_online(online, active, weights[active], candidates, match_lengths, decode)
+    online.end_unit()
+    return decoded
+
+
+def _decode_one(decoder: coder.Decoder, row: np.ndarray) -> int:
+    try:
+        return int(decoder.decode(row)[0])
+    except AssertionError:  # how constriction refuses data that no encoder could have written
+        raise CorruptError("a model-coded chunk is damaged (invalid range-coder data)") from None
+
+
+# -- the encoder ------------------------------------------------------------------------------------
+
 class StreamEncoder:
-    """Push bytes in with write(); coded groups go to `destination`; close() writes the end."""
+    """Push bytes in with write(); coded groups go to `destination`; close() writes the end.
+
+    The stages, each a method below: split (`_take_block`, `_split_block`), keep input order
+    (`_take`), code a group (`_code_group`, `_model_code`), choose (`_model_wins`, `_end_span`),
+    write (`_write_group`).
+    """
 
     def __init__(self, destination: BinaryIO, *, header: dict, record: ModelRecord | None, tokenizer, engine,
                  chunk_tokens: int, batch_size: int, xz_fallback: bool = True,
@@ -81,13 +309,14 @@ class StreamEncoder:
         self.progress = progress
         self.summary = Summary()
         self._hash = hashlib.sha256()
-        self._buffer = bytearray()
-        self._pending: list[tuple[bytes, np.ndarray]] = []  # text chunks waiting for a full group
-        self._raw_run = bytearray()  # non-text bytes waiting to be kept raw or as xz
-        self._held: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
-        self._held_raw = bytearray()  # the input bytes those groups cover
+        self._buffer = bytearray()  # input not yet split
+        # Waiting, in input order: the span's coded groups, then text chunks or a raw run (never both).
+        self._span: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
+        self._span_raw = bytearray()  # the input bytes those groups cover
+        self._text: list[tuple[bytes, np.ndarray]] = []  # text chunks waiting for a full group
+        self._raw_run = bytearray()  # bytes waiting to be kept raw or as xz
         self.online = OnlineModel(record.online) if record is not None and record.online is not None else None
-        self._held_mark = None  # the online state before the held groups, if they become one xz chunk
+        self._span_mark = None  # the online state before the span, if it becomes one xz chunk
         container.write_header(destination, header)
 
     def write(self, data: bytes) -> None:
@@ -100,95 +329,93 @@ class StreamEncoder:
     def close(self) -> Summary:
         while self._buffer:
             self._take_block(final=True)
-        self._flush_text(final=True)
-        self._flush_raw()
-        self._release_held()
+        self._end_text()
+        self._end_raw_run()
+        self._end_span()
         container.write_end(self.destination, EndRecord(self.summary.content_size, self._hash.digest()))
         return self.summary
 
+    # -- split: bytes -> blocks -> text chunks and raw runs
+
     def _take_block(self, final: bool) -> None:
         block = bytes(self._buffer[:BLOCK_BYTES])
+        consumed = 0
+        for raw, tokens in self._split_block(block, last=final and len(block) == len(self._buffer)):
+            consumed += len(raw)
+            self._take(raw, tokens)
+        del self._buffer[:consumed]
+
+    def _split_block(self, block: bytes, last: bool) -> Iterator[tuple[bytes, np.ndarray | None]]:
+        """The block in input order as (bytes, their chunk's tokens), tokens None for bytes kept raw.
+        Unless the block is the `last` of the input, its last text segment keeps back its last chunk
+        (when it has several): those bytes are tokenised again with what follows, so chunks stay full."""
         if not looks_like_text(block):
-            del self._buffer[: len(block)]
-            self._keep_raw(block)
+            yield block, None
             return
         segments = self.tokenizer.segments(block)
-        last_buffer = final and len(block) == len(self._buffer)
-        consumed = 0
         for index, (raw, tokens) in enumerate(segments):
             if tokens is None:  # bytes the tokenizer has no token for
-                self._keep_raw(raw)
-                consumed += len(raw)
+                yield raw, None
                 continue
-            self._flush_raw()
-            pieces = [tokens[start : start + self.chunk_tokens] for start in range(0, len(tokens), self.chunk_tokens)]
-            if index == len(segments) - 1 and not last_buffer and len(pieces) > 1:
-                pieces.pop()  # its bytes are tokenised again with what follows, so chunks stay full
-            for piece in pieces:
-                piece_bytes = self.tokenizer.detokenize(piece)
-                consumed += len(piece_bytes)
-                self._pending.append((piece_bytes, piece))
-        del self._buffer[:consumed]
-        self._flush_text(final=False)
+            chunks = split_chunks(tokens, self.chunk_tokens)
+            if index == len(segments) - 1 and not last and len(chunks) > 1:
+                chunks.pop()
+            for chunk in chunks:
+                yield self.tokenizer.detokenize(chunk), chunk
 
-    def _keep_raw(self, data: bytes) -> None:
-        self._flush_text(final=True)  # groups are written in input order
-        self._raw_run += data
-        if len(self._raw_run) >= BLOCK_BYTES:
-            self._flush_raw()
+    # -- keep input order: the one place where text chunks and raw bytes wait
 
-    def _flush_raw(self) -> None:
-        if self._raw_run:
-            self._release_held()  # groups are written in input order
-        while self._raw_run:
-            data = bytes(self._raw_run[:BLOCK_BYTES])
-            del self._raw_run[: len(data)]
+    def _take(self, raw: bytes, tokens: np.ndarray | None) -> None:
+        """The input's next text chunk, or bytes kept raw (tokens None). Text chunks wait for a
+        full group, raw bytes for a block; either ends the other's wait, so groups are written in
+        input order."""
+        if tokens is None:
+            self._end_text()
+            self._raw_run += raw
+            if len(self._raw_run) >= BLOCK_BYTES:
+                self._end_raw_run()
+            return
+        self._end_raw_run()
+        self._text.append((raw, tokens))
+        if len(self._text) >= self.batch_size:
+            self._end_text()
+
+    def _end_text(self) -> None:
+        """The waiting text chunks, one group, coded into the span."""
+        if not self._text:
+            return
+        group, self._text = self._text, []
+        if self.online is not None and self._span_mark is None:
+            self._span_mark = self.online.checkpoint()
+        records, stats = self._code_group(group)
+        self._add_to_span(records, stats, b"".join(raw for raw, _ in group))
+
+    def _end_raw_run(self) -> None:
+        """The raw run, after the span before it, as stored or xz chunks of at most a block."""
+        if not self._raw_run:
+            return
+        self._end_span()
+        run, self._raw_run = bytes(self._raw_run), bytearray()
+        for data in split_chunks(run, BLOCK_BYTES):
             self._write_group([_raw_chunk(data)])
 
-    def _flush_text(self, final: bool) -> None:
-        while len(self._pending) >= self.batch_size or (final and self._pending):
-            group, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size :]
-            if self.online is not None and self._held_mark is None:
-                self._held_mark = self.online.checkpoint()
-            records, stats = self._code_group(group)
-            self._hold(records, stats, b"".join(raw for raw, _ in group))
+    # -- code a group: the model and the online model
 
     def _code_group(self, group: list[tuple[bytes, np.ndarray]]) -> tuple[list[ChunkRecord], Summary]:
         """The group's records, and what its model-coded chunks add to the summary."""
-        stats = Summary()
-        fallback = _raw_chunk(b"".join(raw for raw, _ in group)) if self.xz_fallback else None
-        if fallback is not None and len(fallback.payload) <= self._least_model_size(group):
+        group_bytes = b"".join(raw for raw, _ in group)
+        xz = _raw_chunk(group_bytes) if self.xz_fallback else None
+        if xz is not None and len(xz.payload) <= self._least_model_size(group):
             # xz already beats anything the model could write (a run of one byte, say): the choice
             # below would be this xz chunk whatever the model predicted, so it need not run.
-            return [fallback], stats
+            return [xz], Summary()
         mark = self.online.checkpoint() if self.online is not None else None
-        coded = encode_chunks(self.engine, [tokens for _, tokens in group], self.online)
-        keep = [len(payload) < len(raw) for (raw, _), (payload, _, _) in zip(group, coded)]
-        coded_together = [True] * len(group)
-        # The decoder batches only the model-coded chunks, and with an online model they form its
-        # units: code them again in that shape (with an online model, until none of them expands).
-        while any(keep) and keep != coded_together and (self.online is not None or not self.engine.batch_invariant):
+        coded, keep = self._model_code(group, mark)
+        if not self._model_wins(group, coded, keep, xz):
             if mark is not None:
                 self.online.rollback(mark)
-            kept = [tokens for (_, tokens), k in zip(group, keep) if k]
-            recoded = iter(encode_chunks(self.engine, kept, self.online))
-            coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
-            coded_together = keep
-            if self.online is None:
-                break
-            keep = [k and len(payload) < len(raw) for (raw, _), (payload, _, _), k in zip(group, coded, keep)]
-        if not any(keep):
-            if mark is not None:
-                self.online.rollback(mark)
-            return [fallback or _raw_chunk(b"".join(raw for raw, _ in group))], stats
-        if fallback is not None:
-            model_size = sum(len(payload) for (payload, _, _), k in zip(coded, keep) if k)
-            if self._model_record_due():  # the first model-coded group also pays for the model record
-                model_size += container.model_record_size(self.model_settings)
-            if len(fallback.payload) <= model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k):
-                if mark is not None:
-                    self.online.rollback(mark)
-                return [fallback], stats  # repetitive text that the chunk-by-chunk model cannot see as such
+            return [xz or _raw_chunk(group_bytes)], Summary()
+        stats = Summary()
         records = []
         for (raw, tokens), (payload, bits, alone_bits), model_coded in zip(group, coded, keep):
             if model_coded:
@@ -202,8 +429,43 @@ class StreamEncoder:
                 records.append(_raw_chunk(raw))
         return records, stats
 
+    def _model_code(self, group: list[tuple[bytes, np.ndarray]], mark) -> tuple[list, list[bool]]:
+        """Each chunk's (payload, bits, bits alone) and whether it stays model-coded (the model does
+        not expand it). The decoder batches only the model-coded chunks, and with an online model
+        they form its units: they are coded again in that shape (with an online model, until none
+        of them expands), the online state first rolled back to `mark`."""
+        coded = encode_chunks(self.engine, [tokens for _, tokens in group], self.online)
+        keep = [len(payload) < len(raw) for (raw, _), (payload, _, _) in zip(group, coded)]
+        coded_together = [True] * len(group)
+        while any(keep) and keep != coded_together and (self.online is not None or not self.engine.batch_invariant):
+            if mark is not None:
+                self.online.rollback(mark)
+            kept = [tokens for (_, tokens), k in zip(group, keep) if k]
+            recoded = iter(encode_chunks(self.engine, kept, self.online))
+            coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
+            coded_together = keep
+            if self.online is None:
+                break
+            keep = [k and len(payload) < len(raw) for (raw, _), (payload, _, _), k in zip(group, coded, keep)]
+        return coded, keep
+
+    # -- choose: model chunks, xz or stored
+
+    def _model_wins(self, group: list[tuple[bytes, np.ndarray]], coded: list, keep: list[bool],
+                    xz: ChunkRecord | None) -> bool:
+        """Whether the group is written as coded (model chunks, the rest raw) rather than as one xz chunk."""
+        if not any(keep):
+            return False
+        if xz is None:
+            return True
+        model_size = sum(len(payload) for (payload, _, _), k in zip(coded, keep) if k)
+        if self._model_record_due():  # the first model-coded group also pays for the model record
+            model_size += container.model_record_size(self.model_settings)
+        # xz wins on repetitive text that the chunk-by-chunk model cannot see as such
+        return len(xz.payload) > model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k)
+
     def _least_model_size(self, group: list[tuple[bytes, np.ndarray]]) -> int:
-        """A lower bound of what _code_group charges the model for this group in its comparison: each
+        """A lower bound of what _model_wins charges the model for this group in its comparison: each
         chunk costs at least one 32-bit word of range-coder payload, or its raw bytes if fewer."""
         least = sum(min(MIN_MODEL_PAYLOAD, len(raw)) for raw, _ in group)
         if self._model_record_due():
@@ -212,49 +474,52 @@ class StreamEncoder:
 
     def _model_record_due(self) -> bool:
         return self.model_settings is not None and not any(
-            record.kind == CHUNK_MODEL for records, _ in self._held for record in records
+            record.kind == CHUNK_MODEL for records, _ in self._span for record in records
         )
 
-    def _hold(self, records: list[ChunkRecord], stats: Summary, raw: bytes) -> None:
+    def _add_to_span(self, records: list[ChunkRecord], stats: Summary, raw: bytes) -> None:
         """Keep coded groups until about a block of input is covered, then write them or one xz chunk.
 
-        xz over a whole block sees repetitions across chunks that neither the model, whose context
+        xz over a whole span sees repetitions across chunks that neither the model, whose context
         ends at the chunk, nor xz over one group can use; the smaller of the two is written.
         """
         if not self.xz_fallback:
-            self._held_mark = None
+            self._span_mark = None
             if self.online is not None:
                 self.online.commit()
             self._write_group(records, stats)
             return
-        self._held.append((records, stats))
-        self._held_raw += raw
+        self._span.append((records, stats))
+        self._span_raw += raw
         if self.progress is not None:
             self.progress(len(raw))
-        if len(self._held_raw) >= BLOCK_BYTES:
-            self._release_held()
+        if len(self._span_raw) >= BLOCK_BYTES:
+            self._end_span()
 
-    def _release_held(self) -> None:
-        if not self._held:
+    def _end_span(self) -> None:
+        """Write the span's groups, or one xz chunk in their place when that is smaller."""
+        if not self._span:
             return
-        held, raw = self._held, bytes(self._held_raw)
-        coded_size = sum(container.group_size(records) for records, _ in held)
-        if self.model_settings is not None and any(r.kind == CHUNK_MODEL for records, _ in held for r in records):
+        span, raw = self._span, bytes(self._span_raw)
+        coded_size = sum(container.group_size(records) for records, _ in span)
+        if self.model_settings is not None and any(r.kind == CHUNK_MODEL for records, _ in span for r in records):
             coded_size += container.model_record_size(self.model_settings)
-        fallback = _raw_chunk(raw) if len(held) > 1 else None
-        self._held, self._held_raw = [], bytearray()
-        mark, self._held_mark = self._held_mark, None
-        if fallback is not None and container.group_size([fallback]) < coded_size:
+        xz = _raw_chunk(raw) if len(span) > 1 else None
+        self._span, self._span_raw = [], bytearray()
+        mark, self._span_mark = self._span_mark, None
+        if xz is not None and container.group_size([xz]) < coded_size:
             if mark is not None:
                 self.online.rollback(mark)  # the decoder will not see these units
             if self.online is not None:
                 self.online.commit()
-            self._write_group([fallback], Summary(), report=False)
+            self._write_group([xz], Summary(), report=False)
         else:
             if self.online is not None:
                 self.online.commit()
-            for records, stats in held:
+            for records, stats in span:
                 self._write_group(records, stats, report=False)
+
+    # -- write
 
     def _write_group(self, records: list[ChunkRecord], stats: Summary | None = None, report: bool = True) -> None:
         if self.model_settings is not None and any(record.kind == CHUNK_MODEL for record in records):
@@ -264,182 +529,12 @@ class StreamEncoder:
         for record in records:
             self.summary.chunks[CHUNK_NAMES[record.kind]] += 1
         if stats is not None:
-            self.summary.model_bits += stats.model_bits
-            self.summary.model_alone_bits += stats.model_alone_bits
-            self.summary.model_payload_bytes += stats.model_payload_bytes
-            self.summary.model_raw_bytes += stats.model_raw_bytes
-            self.summary.tokens += stats.tokens
+            self.summary.add(stats)
         if report and self.progress is not None:
             self.progress(sum(record.raw_length for record in records))
 
 
-def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | None = None,
-                  token_bits: list | None = None) -> list[tuple[bytes, float, float]]:
-    """Each chunk's payload, its code length in bits and the model's own code length in bits
-    (the same without the online model), coded together in one batch.
-
-    With an online model the chunks are one or more units (see online.py), coded in order, and
-    `token_bits`, if given, receives each token's cost with and without it (for explain).
-    """
-    if online is not None:
-        results = []
-        start = 0
-        for size in unit_sizes(len(token_lists), online.unit_chunks):
-            results += _encode_unit(engine, token_lists[start : start + size], online, token_bits, start)
-            start += size
-        return results
-    encoders = [coder.Encoder() for _ in token_lists]
-    bits = [0.0] * len(token_lists)
-    if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
-        for index, start, weights in engine.sequence_pieces(token_lists):
-            symbols = token_lists[index][start : start + len(weights)]
-            bits[index] += float(coder.code_length_bits(symbols, weights).sum())
-            encoders[index].encode(symbols, weights)
-        return [(encoder.finish(), row_bits, row_bits) for encoder, row_bits in zip(encoders, bits)]
-    lengths = [len(tokens) for tokens in token_lists]
-    for step, weights, active in _lockstep(engine, lengths, lambda row, step: token_lists[row][step]):
-        for row in active:
-            symbol, row_weights = token_lists[row][step : step + 1], weights[row : row + 1]
-            bits[row] += float(coder.code_length_bits(symbol, row_weights)[0])
-            encoders[row].encode(symbol, row_weights)
-    return [(encoder.finish(), row_bits, row_bits) for encoder, row_bits in zip(encoders, bits)]
-
-
-def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, token_bits: list | None = None,
-                 first: int = 0) -> list[tuple[bytes, float, float]]:
-    """One unit with the online model. Its token-only part (the match model) depends on no row,
-    so it is walked first, step by step across the unit exactly as the decoder will; the full
-    pass's rows then arrive chunk by chunk, and each chunk's secondary estimate, which sees only
-    its own chunk within the unit, follows them in order."""
-    if not engine.batch_invariant:
-        raise ValueError("the online model needs an exact engine")
-    lengths = [len(tokens) for tokens in token_lists]
-    online.begin_unit(lengths)
-    candidates = [np.full(length, -1, dtype=np.int64) for length in lengths]
-    match_lengths = [np.zeros(length, dtype=np.int64) for length in lengths]
-    for step in range(max(lengths, default=0)):
-        active = [row for row, length in enumerate(lengths) if step < length]
-        for row in active:
-            candidates[row][step], match_lengths[row][step] = online.predict(row, step)
-        for row in active:
-            online.observe(row, step, int(token_lists[row][step]))
-    encoders = [coder.Encoder() for _ in token_lists]
-    bits = [0.0] * len(token_lists)
-    alone_bits = [0.0] * len(token_lists)
-    for index, start, weights in engine.sequence_pieces(token_lists):
-        symbols = token_lists[index][start : start + len(weights)]
-        piece_candidates = candidates[index][start : start + len(weights)]
-        probabilities = np.zeros(len(weights), dtype=np.int64)
-        for offset in np.flatnonzero(piece_candidates >= 0).tolist():
-            candidate = int(piece_candidates[offset])
-            probability, cell, fraction = online.target(index, int(match_lengths[index][start + offset]),
-                                                        int(weights[offset, candidate]))
-            if probability:
-                probabilities[offset] = probability
-                online.learn(index, cell, fraction, candidate == symbols[offset])
-        piece_alone = coder.code_length_bits(symbols, weights)
-        mixed = mix_rows(weights, piece_candidates, probabilities)  # in place: the engine's rows are not needed again
-        piece_bits = coder.code_length_bits(symbols, mixed)
-        alone_bits[index] += float(piece_alone.sum())
-        bits[index] += float(piece_bits.sum())
-        if token_bits is not None:
-            token_bits.append((first + index, start, piece_bits, piece_alone))
-        encoders[index].encode(symbols, mixed)
-    online.end_unit()
-    return [(encoder.finish(), row_bits, alone) for encoder, row_bits, alone in zip(encoders, bits, alone_bits)]
-
-
-def decode_units(engine, records: list[ChunkRecord], online: OnlineModel) -> list[np.ndarray]:
-    """The tokens of a group's model chunks coded with an online model: its units, in order.
-    Unlike decode_chunks, the result depends on the online model's state as well."""
-    decoded: list[np.ndarray] = []
-    for size in unit_sizes(len(records), online.unit_chunks):
-        decoded += _decode_unit(engine, records[len(decoded) : len(decoded) + size], online)
-    return decoded
-
-
-def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
-    decoders = [coder.Decoder(record.payload) for record in records]
-    decoded = [np.empty(record.token_count, dtype=np.int64) for record in records]
-
-    def next_token(row: int, step: int) -> int:
-        return int(decoded[row][step])
-
-    for step, weights, active in _lockstep(engine, [record.token_count for record in records], next_token):
-        for row in active:
-            decoded[row][step] = _decode_one(decoders[row], weights[row : row + 1])
-    return decoded
-
-
-def _decode_one(decoder: coder.Decoder, row: np.ndarray) -> int:
-    try:
-        return int(decoder.decode(row)[0])
-    except AssertionError:  # how constriction refuses data that no encoder could have written
-        raise CorruptError("a model-coded chunk is damaged (invalid range-coder data)") from None
-
-
-def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> list[np.ndarray]:
-    """One unit in lockstep: at each step every chunk predicts, then every chunk's token is
-    decoded under its mixed row, then every chunk learns and observes: _encode_unit's order."""
-    decoders = [coder.Decoder(record.payload) for record in records]
-    lengths = [record.token_count for record in records]
-    decoded = [np.empty(length, dtype=np.int64) for length in lengths]
-    online.begin_unit(lengths)
-    for step, weights, active in _lockstep(engine, lengths, lambda row, step: int(decoded[row][step])):
-        rows = weights[active]
-        predictions = [online.predict(row, step) for row in active]
-        candidates = np.array([candidate for candidate, _ in predictions], dtype=np.int64)
-        probabilities = np.zeros(len(active), dtype=np.int64)
-        targets = [None] * len(active)
-        for offset, (candidate, length) in enumerate(predictions):
-            if candidate >= 0:
-                probability, cell, fraction = online.target(active[offset], length, int(rows[offset, candidate]))
-                if probability:
-                    probabilities[offset] = probability
-                    targets[offset] = (cell, fraction)
-        mixed = mix_rows(rows, candidates, probabilities)
-        for offset, row in enumerate(active):
-            token = _decode_one(decoders[row], mixed[offset : offset + 1])
-            decoded[row][step] = token
-            if targets[offset] is not None:
-                online.learn(row, *targets[offset], token == candidates[offset])
-        for row in active:
-            online.observe(row, step, int(decoded[row][step]))
-    online.end_unit()
-    return decoded
-
-
-def _lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int]):
-    """Walk a batch of sequences one position at a time: yields (step, weights (B, V), rows still running).
-
-    Every row is fed at every step (the start token once it has finished), so the batch shape
-    never depends on which rows are done: encoder and decoder see the same computation.
-    """
-    session = engine.start(len(lengths))
-    feed = np.full(len(lengths), engine.start_token, dtype=np.int64)
-    for step in range(max(lengths, default=0)):
-        weights = session.advance(feed)
-        active = [row for row, length in enumerate(lengths) if step < length]
-        yield step, weights, active
-        feed = np.full(len(lengths), engine.start_token, dtype=np.int64)
-        for row in active:
-            feed[row] = token_at(row, step)
-
-
-# The exact engine decodes up to this many chunks of consecutive groups in lockstep, within a
-# budget for their key/value caches (SmolLM2-135M in the GGUF engine needs ~25 MB per 1023-token chunk).
-LOCKSTEP_CHUNKS = 64
-LOCKSTEP_CACHE_BYTES = 3 * 2**27  # 384 MiB
-
-
-def online_unit_chunks(engine, chunk_tokens: int, batch_size: int) -> int:
-    """The most chunks of an online unit: what the decoder can hold in lockstep within its cache
-    budget, the group's chunks split evenly into as few units as that allows. Recorded in the
-    file, so the units never depend on the decoding machine."""
-    limit = max(1, min(batch_size, LOCKSTEP_CACHE_BYTES // max(1, engine.cache_bytes(chunk_tokens))))
-    units = -(-batch_size // limit)
-    return -(-batch_size // units)
-
+# -- the decoder ------------------------------------------------------------------------------------
 
 class StreamDecoder:
     """Reads llmzip streams and yields the original bytes, verifying every checksum.
@@ -507,9 +602,10 @@ class StreamDecoder:
             if not limit:  # not batch-invariant, or the online model's units: each group exactly as it was coded
                 yield pending
                 pending = []
-            while limit and len(pending) >= limit:  # a group larger than the budget is cut too
-                yield pending[:limit]
-                pending = pending[limit:]
+            elif len(pending) >= limit:  # full batches now (a group larger than the budget is cut too)
+                batches = split_groups(pending, limit)
+                pending = batches.pop() if len(batches[-1]) < limit else []
+                yield from batches
 
     def _lockstep_limit(self) -> int:
         """How many chunks to decode together: 0 (each group alone) unless the engine is exact."""
@@ -519,8 +615,7 @@ class StreamDecoder:
             self._engine, self._tokenizer = self._engine_for(self.record)
         if not self._engine.batch_invariant:
             return 0
-        chunk_bytes = max(1, self._engine.cache_bytes(self.chunk_tokens))
-        return max(1, min(LOCKSTEP_CHUNKS, LOCKSTEP_CACHE_BYTES // chunk_bytes))
+        return lockstep_limit(self._engine, self.chunk_tokens, LOCKSTEP_CHUNKS)
 
     def _take_model_record(self, settings: dict) -> None:
         if self.record is not None:
