@@ -326,7 +326,7 @@ static void *run_parallel(WorkFunction function, void *tasks, size_t task_size, 
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct {
-    Py_buffer views[12];
+    Py_buffer views[40];
     int count;
 } Buffers;
 
@@ -350,6 +350,37 @@ static void *take(Buffers *buffers, PyObject *object, Py_ssize_t itemsize, Py_ss
     return view->buf;
 }
 
+/* The product of a task with x, out and the matrix set, its rows split between threads; without the
+ * GIL. Returns -1 when memory runs out. */
+static int run_linear(LinearTask task, int threads) {
+    const Py_ssize_t blocks = task.K / BLOCK, groups = task.R / ROWS_PER_GROUP;
+    int32_t *block_sums = NULL;
+    if (task.minimums && task.T > 0) {
+        block_sums = PyMem_RawMalloc(sizeof(int32_t) * task.T * blocks);
+        if (!block_sums) return -1;
+        for (Py_ssize_t t = 0; t < task.T; t++)
+            for (Py_ssize_t b = 0; b < blocks; b++) {
+                int32_t sum = 0;
+                for (int j = 0; j < BLOCK; j++) sum += task.x[t * task.K + b * BLOCK + j];
+                block_sums[t * blocks + b] = sum;
+            }
+        task.block_sums = block_sums;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > groups) threads = (int)groups;
+    if ((double)task.T * task.K * task.R < 2e5) threads = 1; /* not worth a thread */
+    LinearTask tasks[MAX_THREADS];
+    for (int i = 0; i < threads; i++) {
+        tasks[i] = task;
+        tasks[i].group_begin = groups * i / threads;
+        tasks[i].group_end = groups * (i + 1) / threads;
+    }
+    run_parallel(linear_worker, tasks, sizeof(LinearTask), threads);
+    PyMem_RawFree(block_sums);
+    return 0;
+}
+
 static PyObject *linear(PyObject *self, PyObject *args) {
     PyObject *x_object, *x_exponent_object, *codes_object, *scales_object, *minimums_object, *row_exponent_object;
     PyObject *out_object, *limits_object;
@@ -366,6 +397,7 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     Buffers buffers = {.count = 0};
     LinearTask task = {.T = T, .K = K, .R = R, .signed_codes = signed_codes, .accumulate = accumulate, .plain = plain};
     Py_ssize_t blocks = K / BLOCK;
+    (void)blocks;
     if (!(task.x = take(&buffers, x_object, 2, T * K, 0, "x")) ||
         !(task.x_exponent = take(&buffers, x_exponent_object, 4, T, 0, "x_exponent")) ||
         !(task.codes = take(&buffers, codes_object, 1, R / ROWS_PER_GROUP * (K / BLOCK) * code_bytes(signed_codes), 0,
@@ -385,38 +417,12 @@ static PyObject *linear(PyObject *self, PyObject *args) {
         release(&buffers);
         return NULL;
     }
-    int32_t *block_sums = NULL;
-    if (task.minimums && T > 0) {
-        block_sums = PyMem_RawMalloc(sizeof(int32_t) * T * blocks);
-        if (!block_sums) {
-            release(&buffers);
-            return PyErr_NoMemory();
-        }
-        for (Py_ssize_t t = 0; t < T; t++)
-            for (Py_ssize_t b = 0; b < blocks; b++) {
-                int32_t sum = 0;
-                for (int j = 0; j < BLOCK; j++) sum += task.x[t * K + b * BLOCK + j];
-                block_sums[t * blocks + b] = sum;
-            }
-        task.block_sums = block_sums;
-    }
-
-    Py_ssize_t groups = R / ROWS_PER_GROUP;
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > groups) threads = (int)groups;
-    if ((double)T * K * R < 2e5) threads = 1; /* not worth a thread */
-    LinearTask tasks[MAX_THREADS];
-    for (int i = 0; i < threads; i++) {
-        tasks[i] = task;
-        tasks[i].group_begin = groups * i / threads;
-        tasks[i].group_end = groups * (i + 1) / threads;
-    }
+    int failed;
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(linear_worker, tasks, sizeof(LinearTask), threads);
+    failed = run_linear(task, threads);
     Py_END_ALLOW_THREADS
-    PyMem_RawFree(block_sums);
     release(&buffers);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -454,6 +460,10 @@ static int to_int16(const int64_t *values, Py_ssize_t count, int16_t *out) {
     return shift;
 }
 
+static void quantise(const int64_t *x, int16_t *out, int32_t *exponent, Py_ssize_t T, Py_ssize_t C, int base_exponent) {
+    for (Py_ssize_t t = 0; t < T; t++) exponent[t] = base_exponent + to_int16(x + t * C, C, out + t * C);
+}
+
 static PyObject *quantise_rows(PyObject *self, PyObject *args) {
     PyObject *x_object, *out_object, *exponent_object;
     Py_ssize_t T, C;
@@ -470,40 +480,28 @@ static PyObject *quantise_rows(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t t = 0; t < T; t++) exponent[t] = base_exponent + to_int16(x + t * C, C, out + t * C);
+    quantise(x, out, exponent, T, C, base_exponent);
     Py_END_ALLOW_THREADS
     release(&buffers);
     Py_RETURN_NONE;
 }
 
+/* An RMSNorm's integer constants (gguf_llama._NormConstants). */
+typedef struct {
+    const int64_t *gain;
+    int64_t eps_fixed, numerator;
+    int eps_exponent, fraction_bits, gain_exponent;
+} Norm;
+
 /* y = x / rms(x) * gain as int16 rows with exponents (see gguf_llama.rms_norm for the reference):
  * each row is shifted so its peak has 20 bits, the root of its sum of squares (plus eps) taken
- * exactly, y = round(r * gain * numerator / (root * 2**fraction_bits)), then `to_int16`. */
-static PyObject *rms_norm(PyObject *self, PyObject *args) {
-    PyObject *x_object, *gain_object, *out_object, *exponent_object;
-    Py_ssize_t T, C;
-    long long eps_fixed, numerator;
-    int eps_exponent, fraction_bits, gain_exponent;
-    if (!PyArg_ParseTuple(args, "OOOOnnLiLii", &x_object, &gain_object, &out_object, &exponent_object, &T, &C,
-                          &eps_fixed, &eps_exponent, &numerator, &fraction_bits, &gain_exponent))
-        return NULL;
-    Buffers buffers = {.count = 0};
-    const int64_t *x, *gain;
-    int16_t *out;
-    int32_t *exponent;
-    if (!(x = take(&buffers, x_object, 8, T * C, 0, "x")) || !(gain = take(&buffers, gain_object, 8, C, 0, "gain")) ||
-        !(out = take(&buffers, out_object, 2, T * C, 1, "out")) ||
-        !(exponent = take(&buffers, exponent_object, 4, T, 1, "exponent"))) {
-        release(&buffers);
-        return NULL;
-    }
-    int64_t *row = PyMem_RawMalloc(sizeof(int64_t) * (C > 0 ? C : 1));
-    if (!row) {
-        release(&buffers);
-        return PyErr_NoMemory();
-    }
+ * exactly, y = round(r * gain * numerator / (root * 2**fraction_bits)), then `to_int16`. `row`
+ * holds C int64. */
+static void norm_rows(const int64_t *x, const Norm *norm, int16_t *out, int32_t *exponent, Py_ssize_t T,
+                      Py_ssize_t C, int64_t *row) {
+    const int64_t *gain = norm->gain, eps_fixed = norm->eps_fixed, numerator = norm->numerator;
+    const int eps_exponent = norm->eps_exponent, fraction_bits = norm->fraction_bits, gain_exponent = norm->gain_exponent;
     int eps_bits = bit_length((uint64_t)eps_fixed);
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t t = 0; t < T; t++) {
         const int64_t *values = x + t * C;
         uint64_t peak = 0;
@@ -530,6 +528,34 @@ static PyObject *rms_norm(PyObject *self, PyObject *args) {
             row[c] = floor_divide(2 * (row[c] * gain[c] * numerator) + denominator, 2 * denominator);
         exponent[t] = gain_exponent + to_int16(row, C, out + t * C);
     }
+}
+
+static PyObject *rms_norm(PyObject *self, PyObject *args) {
+    PyObject *x_object, *gain_object, *out_object, *exponent_object;
+    Py_ssize_t T, C;
+    long long eps_fixed, numerator;
+    int eps_exponent, fraction_bits, gain_exponent;
+    if (!PyArg_ParseTuple(args, "OOOOnnLiLii", &x_object, &gain_object, &out_object, &exponent_object, &T, &C,
+                          &eps_fixed, &eps_exponent, &numerator, &fraction_bits, &gain_exponent))
+        return NULL;
+    Buffers buffers = {.count = 0};
+    const int64_t *x, *gain;
+    int16_t *out;
+    int32_t *exponent;
+    if (!(x = take(&buffers, x_object, 8, T * C, 0, "x")) || !(gain = take(&buffers, gain_object, 8, C, 0, "gain")) ||
+        !(out = take(&buffers, out_object, 2, T * C, 1, "out")) ||
+        !(exponent = take(&buffers, exponent_object, 4, T, 1, "exponent"))) {
+        release(&buffers);
+        return NULL;
+    }
+    int64_t *row = PyMem_RawMalloc(sizeof(int64_t) * (C > 0 ? C : 1));
+    if (!row) {
+        release(&buffers);
+        return PyErr_NoMemory();
+    }
+    Norm norm = {gain, eps_fixed, numerator, eps_exponent, fraction_bits, gain_exponent};
+    Py_BEGIN_ALLOW_THREADS
+    norm_rows(x, &norm, out, exponent, T, C, row);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(row);
     release(&buffers);
@@ -839,6 +865,20 @@ done:
     return failed;
 }
 
+/* Without the GIL; -1 when memory runs out. */
+static int run_attention(AttentionTask task, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if ((double)task.B * task.H * task.Rq * task.Tk * task.D < 1e6) threads = 1;
+    AttentionTask tasks[MAX_THREADS];
+    for (int i = 0; i < threads; i++) {
+        tasks[i] = task;
+        tasks[i].worker = i;
+        tasks[i].workers = threads;
+    }
+    return run_parallel(attention_worker, tasks, sizeof(AttentionTask), threads) ? -1 : 0;
+}
+
 static PyObject *attention(PyObject *self, PyObject *args) {
     PyObject *q_object, *k_object, *v_object, *out_object, *multiplier_object, *shift_object, *table_object;
     PyObject *k_exponent_object, *v_exponent_object;
@@ -867,18 +907,9 @@ static PyObject *attention(PyObject *self, PyObject *args) {
         release(&buffers);
         return NULL;
     }
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if ((double)B * H * Rq * Tk * D < 1e6) threads = 1;
-    AttentionTask tasks[MAX_THREADS];
-    void *failed = NULL;
-    for (int i = 0; i < threads; i++) {
-        tasks[i] = task;
-        tasks[i].worker = i;
-        tasks[i].workers = threads;
-    }
+    int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = run_parallel(attention_worker, tasks, sizeof(AttentionTask), threads);
+    failed = run_attention(task, threads);
     Py_END_ALLOW_THREADS
     release(&buffers);
     if (failed) return PyErr_NoMemory();
@@ -890,6 +921,23 @@ static PyObject *attention(PyObject *self, PyObject *args) {
  * `begin` of rows of `columns`), the pair (2i, 2i + 1) turns by the angle of frequency i at the row's
  * position: round((a cos - b sin) / 2**bits), round((b cos + a sin) / 2**bits). Row n of the T rows
  * of a sequence is at position start + n % T. */
+static void rotate_rows(int64_t *x, const int64_t *cos, const int64_t *sin, Py_ssize_t N, Py_ssize_t columns,
+                        Py_ssize_t begin, Py_ssize_t heads, Py_ssize_t width, Py_ssize_t T, Py_ssize_t start, int bits) {
+    const Py_ssize_t half = width / 2;
+    const int64_t rounding = (int64_t)1 << (bits - 1);
+    for (Py_ssize_t n = 0; n < N; n++) {
+        const int64_t *c = cos + (start + n % T) * half, *s = sin + (start + n % T) * half;
+        for (Py_ssize_t h = 0; h < heads; h++) {
+            int64_t *pair = x + n * columns + begin + h * width;
+            for (Py_ssize_t i = 0; i < half; i++) {
+                int64_t a = pair[2 * i], b = pair[2 * i + 1];
+                pair[2 * i] = (a * c[i] - b * s[i] + rounding) >> bits;
+                pair[2 * i + 1] = (b * c[i] + a * s[i] + rounding) >> bits;
+            }
+        }
+    }
+}
+
 static PyObject *rotate(PyObject *self, PyObject *args) {
     PyObject *x_object, *cos_object, *sin_object;
     Py_ssize_t N, columns, begin, heads, width, T, start, table_rows;
@@ -911,19 +959,8 @@ static PyObject *rotate(PyObject *self, PyObject *args) {
         release(&buffers);
         return NULL;
     }
-    const int64_t rounding = (int64_t)1 << (bits - 1);
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t n = 0; n < N; n++) {
-        const int64_t *c = cos + (start + n % T) * half, *s = sin + (start + n % T) * half;
-        for (Py_ssize_t h = 0; h < heads; h++) {
-            int64_t *pair = x + n * columns + begin + h * width;
-            for (Py_ssize_t i = 0; i < half; i++) {
-                int64_t a = pair[2 * i], b = pair[2 * i + 1];
-                pair[2 * i] = (a * c[i] - b * s[i] + rounding) >> bits;
-                pair[2 * i + 1] = (b * c[i] + a * s[i] + rounding) >> bits;
-            }
-        }
-    }
+    rotate_rows(x, cos, sin, N, columns, begin, heads, width, T, start, bits);
     Py_END_ALLOW_THREADS
     release(&buffers);
     Py_RETURN_NONE;
@@ -932,6 +969,28 @@ static PyObject *rotate(PyObject *self, PyObject *args) {
 /* SwiGLU to int16 rows: rows of [gate | up] (hidden each), silu(gate) = round(gate * sigmoid / 2**bits)
  * with sigmoid = table[clamp(round(gate * 2**index_shift), -middle, middle) + middle], the product
  * silu * up as int16 rows with exponents base_exponent + shift. */
+typedef struct {
+    const int64_t *table;
+    Py_ssize_t middle;
+    int index_shift, bits, base_exponent;
+} Swiglu;
+
+static void swiglu_rows(const int64_t *x, const Swiglu *swiglu, int16_t *out, int32_t *exponent, Py_ssize_t N,
+                        Py_ssize_t hidden, int64_t *row) {
+    const int64_t *table = swiglu->table, rounding = (int64_t)1 << (swiglu->bits - 1);
+    const Py_ssize_t middle = swiglu->middle;
+    for (Py_ssize_t n = 0; n < N; n++) {
+        const int64_t *gate = x + n * 2 * hidden, *up = gate + hidden;
+        for (Py_ssize_t i = 0; i < hidden; i++) {
+            int64_t index = round_shift(gate[i], swiglu->index_shift);
+            index = index < -middle ? -middle : index > middle ? middle : index;
+            int64_t silu = (gate[i] * table[index + middle] + rounding) >> swiglu->bits;
+            row[i] = silu * up[i];
+        }
+        exponent[n] = swiglu->base_exponent + to_int16(row, hidden, out + n * hidden);
+    }
+}
+
 static PyObject *swiglu(PyObject *self, PyObject *args) {
     PyObject *x_object, *table_object, *out_object, *exponent_object;
     Py_ssize_t N, hidden, middle;
@@ -955,18 +1014,9 @@ static PyObject *swiglu(PyObject *self, PyObject *args) {
         release(&buffers);
         return PyErr_NoMemory();
     }
-    const int64_t rounding = (int64_t)1 << (bits - 1);
+    Swiglu swiglu = {table, middle, index_shift, bits, base_exponent};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t n = 0; n < N; n++) {
-        const int64_t *gate = x + n * 2 * hidden, *up = gate + hidden;
-        for (Py_ssize_t i = 0; i < hidden; i++) {
-            int64_t index = round_shift(gate[i], index_shift);
-            index = index < -middle ? -middle : index > middle ? middle : index;
-            int64_t silu = (gate[i] * table[index + middle] + rounding) >> bits;
-            row[i] = silu * up[i];
-        }
-        exponent[n] = base_exponent + to_int16(row, hidden, out + n * hidden);
-    }
+    swiglu_rows(x, &swiglu, out, exponent, N, hidden, row);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(row);
     release(&buffers);
@@ -1022,6 +1072,206 @@ static PyObject *output_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* One transformer block in one call                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A matrix tuple (codes, scales, minimums or None, row_exponent, limits or None, R, K, signed)
+ * into a task's weights; NULL with an exception set when it does not parse. */
+static LinearTask *take_matrix(Buffers *buffers, PyObject *matrix, LinearTask *task, int plain) {
+    PyObject *codes, *scales, *minimums, *row_exponent, *limits;
+    Py_ssize_t R, K;
+    int signed_codes;
+    if (!PyArg_ParseTuple(matrix, "OOOOOnnp", &codes, &scales, &minimums, &row_exponent, &limits, &R, &K,
+                          &signed_codes))
+        return NULL;
+    if (K <= 0 || R <= 0 || K % BLOCK || R % ROWS_PER_GROUP) {
+        PyErr_SetString(PyExc_ValueError, "a matrix must have R a multiple of 8 and K of 32");
+        return NULL;
+    }
+    *task = (LinearTask){.K = K, .R = R, .signed_codes = signed_codes, .plain = plain};
+    Py_ssize_t blocks = R * (K / BLOCK);
+    if (!(task->codes = take(buffers, codes, 1, R / ROWS_PER_GROUP * (K / BLOCK) * code_bytes(signed_codes), 0,
+                             "codes")) ||
+        !(task->scales = take(buffers, scales, 4, blocks, 0, "scales")) ||
+        !(task->row_exponent = take(buffers, row_exponent, 4, R, 0, "row_exponent")) ||
+        (minimums != Py_None && !(task->minimums = take(buffers, minimums, 4, blocks, 0, "minimums"))) ||
+        (limits != Py_None && !(task->limits = take(buffers, limits, 8, R, 0, "limits"))))
+        return NULL;
+    return task;
+}
+
+static const Norm *take_norm(Buffers *buffers, PyObject *tuple, Norm *norm, Py_ssize_t C) {
+    PyObject *gain;
+    long long eps_fixed, numerator;
+    if (!PyArg_ParseTuple(tuple, "OLiLii", &gain, &eps_fixed, &norm->eps_exponent, &numerator, &norm->fraction_bits,
+                          &norm->gain_exponent) ||
+        !(norm->gain = take(buffers, gain, 8, C, 0, "gain")))
+        return NULL;
+    norm->eps_fixed = eps_fixed;
+    norm->numerator = numerator;
+    return norm;
+}
+
+/* The buffers of one block call; freed together. */
+typedef struct {
+    int16_t *h, *y16, *p16;
+    int32_t *h_exponent, *y_exponent, *p_exponent;
+    int64_t *qkv, *q, *attended, *y, *gate_up, *row;
+} Scratch;
+
+static void free_scratch(Scratch *scratch) {
+    void **all[] = {(void **)&scratch->h, (void **)&scratch->y16, (void **)&scratch->p16,
+                    (void **)&scratch->h_exponent, (void **)&scratch->y_exponent, (void **)&scratch->p_exponent,
+                    (void **)&scratch->qkv, (void **)&scratch->q, (void **)&scratch->attended, (void **)&scratch->y,
+                    (void **)&scratch->gate_up, (void **)&scratch->row};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        PyMem_RawFree(*all[i]);
+        *all[i] = NULL;
+    }
+}
+
+/* The block of gguf_llama._Block.__call__ on B sequences of T positions, every step the same
+ * integers as the separate kernels that function calls: norm, q/k/v product, rotary positions,
+ * keys and values appended to the cache at `position`, attention over the `position + T` cached
+ * positions, output product added to x, norm, gate/up product, SwiGLU, down product added to x.
+ * One call instead of about twenty Python-level operations per layer and step. */
+static PyObject *block(PyObject *self, PyObject *args) {
+    PyObject *layer, *x_object, *cos_object, *sin_object, *keys_object, *key_exponent_object, *values_object;
+    PyObject *value_exponent_object;
+    Py_ssize_t B, T, start, table_rows, position, capacity;
+    int threads, plain;
+    if (!PyArg_ParseTuple(args, "OOnnnOOnOOOOnnip", &layer, &x_object, &B, &T, &start, &cos_object, &sin_object,
+                          &table_rows, &keys_object, &key_exponent_object, &values_object, &value_exponent_object,
+                          &position, &capacity, &threads, &plain))
+        return NULL;
+    PyObject *norm1, *qkv_matrix, *multiplier_object, *shift_object, *table_object, *o_matrix, *norm2;
+    PyObject *gate_up_matrix, *sigmoid_object, *down_matrix;
+    Py_ssize_t Hq, Hkv, D, C, hidden, sigmoid_middle;
+    int v_exponent, rope_bits, sigmoid_index_shift, sigmoid_bits, swiglu_exponent;
+    if (!PyArg_ParseTuple(layer, "nnnnnOOiOOOiOOOOniiiO", &C, &Hq, &Hkv, &D, &hidden, &norm1, &qkv_matrix, &rope_bits,
+                          &multiplier_object, &shift_object, &table_object, &v_exponent, &o_matrix, &norm2,
+                          &gate_up_matrix, &sigmoid_object, &sigmoid_middle, &sigmoid_index_shift, &sigmoid_bits,
+                          &swiglu_exponent, &down_matrix))
+        return NULL;
+    const Py_ssize_t N = B * T, group = Hkv > 0 ? Hq / Hkv : 0, Rqkv = (Hq + 2 * Hkv) * D;
+    if (B <= 0 || T <= 0 || Hkv <= 0 || Hq % Hkv || D <= 0 || D % 2 || C <= 0 || hidden <= 0 || position < 0 ||
+        position + T > capacity || start < 0 || start + T > table_rows) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent block shapes");
+        return NULL;
+    }
+    Buffers buffers = {.count = 0};
+    LinearTask qkv, o, gate_up, down;
+    Norm first_norm, second_norm;
+    int64_t *x;
+    const int64_t *cos, *sin, *multiplier, *shift, *attention_table, *sigmoid;
+    int16_t *keys, *values;
+    int32_t *key_exponent, *value_exponent;
+    Py_ssize_t table_length = 0;
+    if (PyObject_Length(table_object) < 1) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "an empty attention table");
+        return NULL;
+    }
+    table_length = PyObject_Length(table_object);
+    if (!take_norm(&buffers, norm1, &first_norm, C) || !take_norm(&buffers, norm2, &second_norm, C) ||
+        !take_matrix(&buffers, qkv_matrix, &qkv, plain) || !take_matrix(&buffers, o_matrix, &o, plain) ||
+        !take_matrix(&buffers, gate_up_matrix, &gate_up, plain) || !take_matrix(&buffers, down_matrix, &down, plain) ||
+        !(x = take(&buffers, x_object, 8, N * C, 1, "x")) ||
+        !(cos = take(&buffers, cos_object, 8, table_rows * (D / 2), 0, "cos")) ||
+        !(sin = take(&buffers, sin_object, 8, table_rows * (D / 2), 0, "sin")) ||
+        !(keys = take(&buffers, keys_object, 2, B * Hkv * capacity * D, 1, "keys")) ||
+        !(key_exponent = take(&buffers, key_exponent_object, 4, B * Hkv * capacity, 1, "key_exponent")) ||
+        !(values = take(&buffers, values_object, 2, B * Hkv * capacity * D, 1, "values")) ||
+        !(value_exponent = take(&buffers, value_exponent_object, 4, B * Hkv * capacity, 1, "value_exponent")) ||
+        !(multiplier = take(&buffers, multiplier_object, 8, Hkv, 0, "multiplier")) ||
+        !(shift = take(&buffers, shift_object, 8, Hkv, 0, "shift")) ||
+        !(attention_table = take(&buffers, table_object, 8, table_length, 0, "attention table")) ||
+        !(sigmoid = take(&buffers, sigmoid_object, 8, 2 * sigmoid_middle + 1, 0, "sigmoid table"))) {
+        release(&buffers);
+        return NULL;
+    }
+    if (qkv.K != C || qkv.R != Rqkv || o.K != Hq * D || o.R != C || gate_up.K != C || gate_up.R != 2 * hidden ||
+        down.K != hidden || down.R != C) {
+        release(&buffers);
+        PyErr_SetString(PyExc_ValueError, "the block's matrices do not fit its shapes");
+        return NULL;
+    }
+    Scratch scratch = {
+        .h = PyMem_RawMalloc(sizeof(int16_t) * N * (C > hidden ? C : hidden)),
+        .h_exponent = PyMem_RawMalloc(sizeof(int32_t) * N),
+        .qkv = PyMem_RawMalloc(sizeof(int64_t) * N * Rqkv),
+        .q = PyMem_RawMalloc(sizeof(int64_t) * N * Hq * D),
+        .attended = PyMem_RawMalloc(sizeof(int64_t) * N * Hq * D),
+        .y = PyMem_RawMalloc(sizeof(int64_t) * N * Hq * D),
+        .y16 = PyMem_RawMalloc(sizeof(int16_t) * N * Hq * D),
+        .y_exponent = PyMem_RawMalloc(sizeof(int32_t) * N),
+        .gate_up = PyMem_RawMalloc(sizeof(int64_t) * N * 2 * hidden),
+        .p16 = PyMem_RawMalloc(sizeof(int16_t) * N * hidden),
+        .p_exponent = PyMem_RawMalloc(sizeof(int32_t) * N),
+        .row = PyMem_RawMalloc(sizeof(int64_t) * (C > hidden ? C : hidden)),
+    };
+    int failed = !scratch.h || !scratch.h_exponent || !scratch.qkv || !scratch.q || !scratch.attended || !scratch.y ||
+                 !scratch.y16 || !scratch.y_exponent || !scratch.gate_up || !scratch.p16 || !scratch.p_exponent ||
+                 !scratch.row;
+    Py_BEGIN_ALLOW_THREADS
+    if (!failed) {
+        /* attention: norm, q k v, rotary positions (q and k heads are adjacent columns) */
+        norm_rows(x, &first_norm, scratch.h, scratch.h_exponent, N, C, scratch.row);
+        qkv.x = scratch.h, qkv.x_exponent = scratch.h_exponent, qkv.out = scratch.qkv, qkv.T = N;
+        failed = run_linear(qkv, threads);
+    }
+    if (!failed) {
+        rotate_rows(scratch.qkv, cos, sin, N, Rqkv, 0, Hq + Hkv, D, T, start, rope_bits);
+        /* keys and values into the cache; queries as (B, Hkv, group * T, D): a key-value head's
+         * query heads become more query rows */
+        for (Py_ssize_t b = 0; b < B; b++)
+            for (Py_ssize_t t = 0; t < T; t++) {
+                const int64_t *row = scratch.qkv + (b * T + t) * Rqkv;
+                for (Py_ssize_t kv = 0; kv < Hkv; kv++) {
+                    Py_ssize_t at = (b * Hkv + kv) * capacity + position + t;
+                    key_exponent[at] = to_int16(row + (Hq + kv) * D, D, keys + at * D);
+                    value_exponent[at] = to_int16(row + (Hq + Hkv + kv) * D, D, values + at * D);
+                    for (Py_ssize_t g = 0; g < group; g++)
+                        memcpy(scratch.q + (((b * Hkv + kv) * group + g) * T + t) * D, row + (kv * group + g) * D,
+                               sizeof(int64_t) * D);
+                }
+            }
+        AttentionTask attention_task = {.q = scratch.q, .k = keys, .v = values, .k_exponent = key_exponent,
+                                        .v_exponent = value_exponent, .out = scratch.attended,
+                                        .multiplier = multiplier, .shift = shift, .table = attention_table,
+                                        .B = B, .H = Hkv, .Rq = group * T, .Tq = T, .Tk = position + T,
+                                        .capacity = capacity, .D = D, .table_length = table_length, .plain = plain};
+        failed = run_attention(attention_task, threads);
+    }
+    if (!failed) {
+        /* heads back to (N, Hq * D), as int16 rows in the values' unit; the output product joins x */
+        for (Py_ssize_t b = 0; b < B; b++)
+            for (Py_ssize_t head = 0; head < Hq; head++)
+                for (Py_ssize_t t = 0; t < T; t++)
+                    memcpy(scratch.y + ((b * T + t) * Hq + head) * D, scratch.attended + ((b * Hq + head) * T + t) * D,
+                           sizeof(int64_t) * D);
+        quantise(scratch.y, scratch.y16, scratch.y_exponent, N, Hq * D, -v_exponent);
+        o.x = scratch.y16, o.x_exponent = scratch.y_exponent, o.out = x, o.T = N, o.accumulate = 1;
+        failed = run_linear(o, threads);
+    }
+    if (!failed) { /* feed-forward: norm, gate and up, SwiGLU, down product joins x */
+        norm_rows(x, &second_norm, scratch.h, scratch.h_exponent, N, C, scratch.row);
+        gate_up.x = scratch.h, gate_up.x_exponent = scratch.h_exponent, gate_up.out = scratch.gate_up, gate_up.T = N;
+        failed = run_linear(gate_up, threads);
+    }
+    if (!failed) {
+        Swiglu swiglu = {sigmoid, sigmoid_middle, sigmoid_index_shift, sigmoid_bits, swiglu_exponent};
+        swiglu_rows(scratch.gate_up, &swiglu, scratch.p16, scratch.p_exponent, N, hidden, scratch.row);
+        down.x = scratch.p16, down.x_exponent = scratch.p_exponent, down.out = x, down.T = N, down.accumulate = 1;
+        failed = run_linear(down, threads);
+    }
+    Py_END_ALLOW_THREADS
+    free_scratch(&scratch);
+    release(&buffers);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *has_avx2(PyObject *self, PyObject *unused) { return PyBool_FromLong(avx2_available()); }
 
 static PyMethodDef methods[] = {
@@ -1041,6 +1291,9 @@ static PyMethodDef methods[] = {
      "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent)"},
     {"output_rows", output_rows, METH_VARARGS,
      "output_rows(logits, table, N, V, table_length, total_bits): integer logits to coder weights, in place"},
+    {"block", block, METH_VARARGS,
+     "block(layer, x, B, T, start, cos, sin, table_rows, keys, key_exponent, values, value_exponent, position, "
+     "capacity, threads, plain): one transformer block on x (B * T rows) in place, keys and values cached"},
     {"has_avx2", has_avx2, METH_NOARGS, "True when this CPU runs the AVX2 path"},
     {NULL, NULL, 0, NULL},
 };

@@ -566,6 +566,7 @@ class _Block:
         self.hidden = gate.rows
         self.down = model.matrix(name + "ffn_down.weight")
         self.down.output_shift = np.full(self.down.rows, residual_bits, dtype=np.int32)
+        self._kernel_arguments = None
 
     def matrices(self):
         return [self.qkv, self.o_proj, self.gate_up, self.down]
@@ -592,10 +593,39 @@ class _Block:
                              len(tables.attention_array), products.threads, products.plain)
         return out
 
+    def kernel_arguments(self, tables) -> tuple:
+        """This block's constants as the compiled `block` takes them (built once)."""
+        if self._kernel_arguments is None:
+            def matrix(m: QuantisedMatrix) -> tuple:
+                codes, scales, minimums = m.kernel_layout()
+                return codes, scales, minimums, m.total_exponent(), m.limits, m.rows, m.inputs, m.signed
+
+            def norm(n: _NormConstants) -> tuple:
+                return n.gain.numpy(), n.eps_fixed, n.eps_exponent, n.numerator, NORM_FRACTION_BITS, n.gain_exponent
+
+            self._kernel_arguments = (
+                self.qkv.inputs, self.heads, self.kv_heads, self.head_dim, self.hidden, norm(self.norm1),
+                matrix(self.qkv), ROPE_BITS, self.score_multiplier, self.score_shift, tables.attention_array,
+                self.v_exponent, matrix(self.o_proj), norm(self.norm2), matrix(self.gate_up), tables.sigmoid_array,
+                tables.sigmoid_middle, SIGMOID_FRACTION_BITS - self.gate_exponent, SIGMOID_BITS,
+                -(self.gate_exponent + self.up_exponent), matrix(self.down))
+        return self._kernel_arguments
+
     def __call__(self, x, products: _Products, start, cos, sin, tables, keys=None, values=None, allowed=None):
         """x (B, T, C) int64 residual at positions start.., updated in place and returned. cos and sin are
         the whole rotary tables. q and k keep GGUF's pair order, which q.k does not see."""
         B, T, C = x.shape
+        if products.compiled:  # the same steps in one compiled call
+            x = x.contiguous()
+            if keys is None:  # a full pass: the whole sequence as one temporary cache
+                keys, values = (_KeyValueRows(B, self.kv_heads, T, self.head_dim, products, x.device) for _ in range(2))
+            keys.reserve(keys.position + T)
+            values.reserve(values.position + T)
+            _quantized.block(self.kernel_arguments(tables), x.numpy(), B, T, start, cos.numpy(), sin.numpy(),
+                             cos.shape[0], keys.rows.numpy(), keys.exponents.numpy(), values.rows.numpy(),
+                             values.exponents.numpy(), keys.position, keys.rows.shape[2], products.threads,
+                             products.plain)
+            return x
         rows = x.view(B * T, C)
         D, Hq, Hkv = self.head_dim, self.heads, self.kv_heads
         h, exponent = products.rms_norm(rows, self.norm1)
@@ -636,17 +666,22 @@ class _KeyValueRows:
         self.exponents = torch.zeros(batch_size, heads, capacity, dtype=torch.int32, device=device)
         self.position = 0
 
-    def append(self, x: torch.Tensor) -> None:
-        """x (B, H, T, D) int64 at positions position.. (a session sets `position` before each step)."""
-        B, H, T, D = x.shape
-        end = self.position + T
-        if end > self.rows.shape[2]:  # grow by doubling, up to the context
+    def reserve(self, end: int) -> None:
+        """Room for positions < end: grown by doubling, up to the context."""
+        if end > self.rows.shape[2]:
+            B, H, _, D = self.rows.shape
             capacity = min(self.length, max(end, 2 * self.rows.shape[2]))
             rows = self.rows.new_zeros(B, H, capacity, D)
             exponents = self.exponents.new_zeros(B, H, capacity)
             rows[:, :, : self.rows.shape[2]] = self.rows
             exponents[:, :, : self.rows.shape[2]] = self.exponents
             self.rows, self.exponents = rows, exponents
+
+    def append(self, x: torch.Tensor) -> None:
+        """x (B, H, T, D) int64 at positions position.. (a session sets `position` before each step)."""
+        B, H, T, D = x.shape
+        end = self.position + T
+        self.reserve(end)
         x16, exponent = self.products.int16_rows(x.reshape(-1, D), 0)
         self.rows[:, :, self.position : end] = x16.view(B, H, T, D)
         self.exponents[:, :, self.position : end] = exponent.view(B, H, T)
