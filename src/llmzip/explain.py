@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import coder
 from .errors import LLMZipError
+from .online import OnlineModel
+from .stream import encode_chunks, split_chunks, split_groups
 
 SCALE_BITS = 16  # top of the colour scale; costlier tokens get the darkest colour
 # Colour stops from cheap (pale green) through yellow and orange to costly (dark red).
@@ -33,7 +34,6 @@ _STOPS = [(0.0, (240, 249, 232)), (2.0, (204, 235, 197)), (4.0, (255, 247, 188))
 SAVED_LOW, SAVED_HIGH = -4, 8
 _SAVED_STOPS = [(-4.0, (215, 48, 39)), (-1.0, (252, 174, 145)), (0.0, (250, 250, 250)), (1.0, (198, 219, 239)),
                 (4.0, (107, 174, 214)), (8.0, (8, 69, 148))]
-ROW_BUDGET = 1 << 25  # weight entries held at once when asking an engine for full-pass rows
 
 
 @dataclass
@@ -50,73 +50,34 @@ def token_costs(compressor, data: bytes) -> TokenCosts:
     """Tokenise as the compressor does, cut into its chunks, and cost every token under the model."""
     tokenizer = compressor.model.tokenizer
     tokens = tokenizer.tokenize(data)
-    size = compressor.chunk_tokens
-    chunks = [tokens[start : start + size] for start in range(0, len(tokens), size)]
+    chunks = split_chunks(tokens, compressor.chunk_tokens)
     token_bytes = [tokenizer.token_bytes[t] for t in tokens]
-    if compressor.online:
-        bits, alone_bits = online_bits(compressor, chunks)
-        return TokenCosts(tokens, bits, token_bytes, len(chunks), size, alone_bits)
-    bits = []
-    # Chunks go in the compressor's groups, so a float engine sees the batch shapes it codes with.
-    for first in range(0, len(chunks), compressor.batch_size):
-        bits += chunk_bits(compressor.engine, chunks[first : first + compressor.batch_size])
-    return TokenCosts(tokens, np.concatenate(bits) if bits else np.zeros(0), token_bytes, len(chunks), size)
+    bits, alone_bits = chunk_costs(compressor, chunks)
+    return TokenCosts(tokens, bits, token_bytes, len(chunks), compressor.chunk_tokens,
+                      alone_bits if compressor.online else None)
 
 
-def online_bits(compressor, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Every token's cost with the online model and under the model alone, through the encoder's
-    own path: the chunks in the compressor's groups and units, as when all of them are model-coded."""
-    from .online import OnlineModel
-    from .stream import encode_chunks
-
-    online = OnlineModel(compressor.model_settings()["online"])
+def chunk_costs(compressor, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every token's cost, and its cost under the model alone (the same without the online model),
+    through the encoder's own path: the chunks in the compressor's groups (and units), with its
+    online model if it has one, as when all of them are model-coded. A float engine sees the batch
+    shapes it codes with."""
+    online = OnlineModel(compressor.model_settings()["online"]) if compressor.online else None
     bits = [np.zeros(len(chunk)) for chunk in chunks]
     alone_bits = [np.zeros(len(chunk)) for chunk in chunks]
-    for first in range(0, len(chunks), compressor.batch_size):
-        pieces: list = []
-        encode_chunks(compressor.engine, chunks[first : first + compressor.batch_size], online, token_bits=pieces)
-        for index, start, piece_bits, piece_alone in pieces:
-            bits[first + index][start : start + len(piece_bits)] = piece_bits
-            alone_bits[first + index][start : start + len(piece_alone)] = piece_alone
+    first = 0
+    for group in split_groups(chunks, compressor.batch_size):
+        costs: list = []
+        encode_chunks(compressor.engine, group, online, token_bits=costs)
+        for index, start, chunk_bits, chunk_alone in costs:
+            bits[first + index][start : start + len(chunk_bits)] = chunk_bits
+            alone_bits[first + index][start : start + len(chunk_alone)] = chunk_alone
+        first += len(group)
     empty = np.zeros(0)
     return (np.concatenate(bits) if bits else empty), (np.concatenate(alone_bits) if alone_bits else empty)
 
 
-def chunk_bits(engine, chunks: list[np.ndarray]) -> list[np.ndarray]:
-    """−log2 p of every token of each chunk, each chunk from a fresh context."""
-    if not chunks:
-        return []
-    rows_at_once = max(1, ROW_BUDGET // max(engine.vocab_size, 1))
-    results: list[np.ndarray] = []
-    group: list[np.ndarray] = []
-    for chunk in chunks + [None]:
-        if group and (chunk is None or sum(map(len, group)) + len(chunk) > rows_at_once):
-            weights = engine.sequence_weights(group)
-            if weights is None:
-                return _session_bits(engine, chunks)  # this engine has only the incremental path
-            results += [coder.code_length_bits(tokens, rows) for tokens, rows in zip(group, weights)]
-            group = []
-        if chunk is not None:
-            group.append(chunk)
-    return results
-
-
-def _session_bits(engine, chunks: list[np.ndarray]) -> list[np.ndarray]:
-    """The decoder's path: every chunk fed one token per step, finished rows fed the start token."""
-    session = engine.start(len(chunks))
-    bits = [np.zeros(len(chunk)) for chunk in chunks]
-    feed = np.full(len(chunks), engine.start_token, dtype=np.int64)
-    for step in range(max(len(chunk) for chunk in chunks)):
-        weights = session.advance(feed)
-        feed = np.full(len(chunks), engine.start_token, dtype=np.int64)
-        for row, chunk in enumerate(chunks):
-            if step < len(chunk):
-                bits[row][step] = coder.code_length_bits(chunk[step : step + 1], weights[row : row + 1])[0]
-                feed[row] = chunk[step]
-    return bits
-
-
-# -- grouping tokens into readable pieces ---------------------------------------------------------
+# -- tokens shown as whole characters -------------------------------------------------------------
 
 
 def character_boundaries(data: bytes) -> set[int]:
@@ -133,8 +94,8 @@ def group_tokens(token_bytes: list[bytes]) -> list[tuple[int, int]]:
     """Runs of consecutive tokens [start, end) whose bytes together are whole characters."""
     boundaries = character_boundaries(b"".join(token_bytes))
     groups, start, position = [], 0, 0
-    for index, piece in enumerate(token_bytes):
-        position += len(piece)
+    for index, token in enumerate(token_bytes):
+        position += len(token)
         if position in boundaries:
             groups.append((start, index + 1))
             start = index + 1
@@ -162,9 +123,9 @@ def visible_html(data: bytes, *, line_breaks: bool = True) -> str:
     return "".join(parts)
 
 
-def token_repr(piece: bytes) -> str:
+def token_repr(token: bytes) -> str:
     """A token's bytes for a tooltip, quoted: text where it decodes, escapes (\\n, \\xNN) where not."""
-    text = piece.decode("utf-8", errors="backslashreplace")
+    text = token.decode("utf-8", errors="backslashreplace")
     shown = "".join(character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
                     for character in text)
     return f"'{shown}'"
@@ -256,7 +217,7 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
     styles = [f".{_class(level)} {{ background: rgb{colour(level, stops)}; }}" for level in levels]
     styles += [f".{_class(level)} {{ color: #fff; }}" for level in levels if sum(colour(level, stops)) < 400]
 
-    pieces = []
+    text_html = []
     for start, end in groups:
         group_bits = float(costs.bits[start:end].sum())
         shown_level, learnt = _bucket(group_bits), ""
@@ -272,11 +233,11 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
             title = (f"{end - start} tokens ({' | '.join(token_repr(p) for p in costs.token_bytes[start:end])}) · "
                      f"{learnt}{parts} = {group_bits:.2f} bits")
         if start in opening:
-            pieces.append(f'<span class="hot" id="span{opening[start]}">')
+            text_html.append(f'<span class="hot" id="span{opening[start]}">')
         text = visible_html(b"".join(costs.token_bytes[start:end]))
-        pieces.append(f'<span class="{_class(shown_level)}" title="{html.escape(title, quote=True)}">{text}</span>')
+        text_html.append(f'<span class="{_class(shown_level)}" title="{html.escape(title, quote=True)}">{text}</span>')
         if end in closing:
-            pieces.append("</span>")
+            text_html.append("</span>")
 
     legend = "".join(f'<div><span class="{_class(level)}"></span>{level}{"+" if level == levels[-1] else ""}</div>'
                      for level in levels[::2])
@@ -327,7 +288,7 @@ Hover over a token to see its cost.</p>
 <h2>Most surprising spans</h2>
 <ol class="spans">{''.join(span_items) or '<li>(no tokens)</li>'}</ol>
 <h2>Text</h2>
-<div class="text">{''.join(pieces)}</div>
+<div class="text">{''.join(text_html)}</div>
 </body>
 </html>
 """
@@ -400,5 +361,5 @@ def run_explain(args) -> int:
     return 0
 
 
-__all__ = ["add_explain_arguments", "chunk_bits", "explain", "group_tokens", "render_page", "run_explain",
+__all__ = ["add_explain_arguments", "chunk_costs", "explain", "group_tokens", "render_page", "run_explain",
            "surprising_spans", "token_costs"]
