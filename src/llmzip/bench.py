@@ -517,14 +517,15 @@ def run_benchmark(inputs: list[Input], codecs: list[Codec], *, max_bytes: int | 
         for input_index, item in enumerate(inputs):
             data = read_input(item.path, max_bytes)
             files.append((hashlib.sha256(data).hexdigest(), len(data)))
-            pieces = split_shards(data, shard_bytes)
-            bar.total += (len(pieces) - 1) * len(codecs)
-            digests = [files[-1][0]] if len(pieces) == 1 else [hashlib.sha256(piece).hexdigest() for piece in pieces]
+            input_shards = split_shards(data, shard_bytes)
+            bar.total += (len(input_shards) - 1) * len(codecs)
+            digests = [files[-1][0]] if len(input_shards) == 1 else [hashlib.sha256(shard).hexdigest()
+                                                                      for shard in input_shards]
             for codec_index, codec in enumerate(codecs):
                 bar.set_description(f"{item.name} {codec.label}"[:40])
                 jobs = shards[input_index, codec_index] = []
-                for shard_index, (piece, digest) in enumerate(zip(pieces, digests)):
-                    job = Job(input_index, codec, shard_index, len(pieces), piece, digest,
+                for shard_index, (shard, digest) in enumerate(zip(input_shards, digests)):
+                    job = Job(input_index, codec, shard_index, len(input_shards), shard, digest,
                               cache.key(digest, codec, repeat), repeat)
                     jobs.append(job)
                     cached = cache.get(job.key)
