@@ -155,8 +155,10 @@ class OnlineModel:
     def __init__(self, settings: dict):
         check_settings(settings)
         self.unit_chunks = settings["unit_chunks"]
-        self.tokens = array("i")  # every model-coded token so far, chunk after chunk
-        self.known = bytearray()  # 1 where that token has been observed
+        # every model-coded token so far, chunk after chunk; UNKNOWN where not yet observed. Two bytes
+        # a token while ids fit (the history is what grows with the file), widened when one does not.
+        self.tokens = array("H")
+        self.unknown = 0xFFFF
         # per order: context hash -> position of the token that followed that context; int32 arrays,
         # a fixed 16 MiB each however many slots fill (a list would hold an int object per slot)
         self.tables = [array("i", [-1]) * (1 << HASH_BITS) for _ in MATCH_ORDERS]
@@ -177,7 +179,6 @@ class OnlineModel:
     def rollback(self, mark: tuple) -> None:
         size, undo_size, self.hits, self.trials = mark[0], mark[1], list(mark[2]), list(mark[3])
         del self.tokens[size:]
-        del self.known[size:]
         while len(self._undo) > undo_size:
             table, slot, old = self._undo.pop()
             table[slot] = old
@@ -193,8 +194,7 @@ class OnlineModel:
         self.bases = []
         for length in lengths:
             self.bases.append(len(self.tokens))
-            self.tokens.frombytes(bytes(self.tokens.itemsize * length))
-            self.known.extend(bytes(length))
+            self.tokens.extend(array(self.tokens.typecode, [self.unknown]) * length)
         self.pointer = [-1] * len(lengths)  # position of each chunk's candidate, −1: no match
         self.length = [0] * len(lengths)
         self._cached_slots = [(-1, [])] * len(lengths)  # predict and observe of one step share the slots
@@ -243,7 +243,7 @@ class OnlineModel:
         if pointer >= 0:
             return self.tokens[pointer], self.length[chunk]
         here = self.bases[chunk] + step
-        tokens, known = self.tokens, self.known
+        tokens = self.tokens
         for order, table, slot in zip(MATCH_ORDERS, self.tables, self._slots(chunk, step)):
             if slot < 0:
                 continue
@@ -252,7 +252,7 @@ class OnlineModel:
                 continue
             length = 0
             while (length < MATCH_CHECK and length < step and length < found
-                   and known[found - 1 - length] and tokens[found - 1 - length] == tokens[here - 1 - length]):
+                   and tokens[found - 1 - length] == tokens[here - 1 - length]):  # the latter are known
                 length += 1
             if length >= order:  # else another context in the same slot
                 self.pointer[chunk], self.length[chunk] = found, length
@@ -262,12 +262,15 @@ class OnlineModel:
     def observe(self, chunk: int, step: int, token: int) -> None:
         """Token `token` is position `step` of `chunk`: store it, run the match on, remember the context."""
         here = self.bases[chunk] + step
+        if token >= self.unknown >= 0:  # an id past 16 bits: widen the history to int32, −1 for unknown
+            self.tokens = array("i", (-1 if t == self.unknown else t for t in self.tokens))
+            self.unknown = -1
         self.tokens[here] = token
-        self.known[here] = 1
         pointer = self.pointer[chunk]
         if pointer >= 0:
-            if self.tokens[pointer] == token and pointer + 1 < len(self.known) and self.known[pointer + 1]:
-                self.pointer[chunk] = pointer + 1
+            tokens, following = self.tokens, pointer + 1
+            if tokens[pointer] == token and following < len(tokens) and tokens[following] != self.unknown:
+                self.pointer[chunk] = following
                 self.length[chunk] += 1
             else:
                 self.pointer[chunk], self.length[chunk] = -1, 0

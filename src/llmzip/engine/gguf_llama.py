@@ -668,13 +668,13 @@ class _KeyValueRows:
 
     def reserve(self, end: int) -> None:
         """Room for positions < end: grown by doubling, up to the context."""
-        if end > self.rows.shape[2]:
-            B, H, _, D = self.rows.shape
-            capacity = min(self.length, max(end, 2 * self.rows.shape[2]))
-            rows = self.rows.new_zeros(B, H, capacity, D)
-            exponents = self.exponents.new_zeros(B, H, capacity)
-            rows[:, :, : self.rows.shape[2]] = self.rows
-            exponents[:, :, : self.rows.shape[2]] = self.exponents
+        if end > self.rows.shape[2]:  # positions past the end are never read: no need to clear them
+            B, H, old, D = self.rows.shape
+            capacity = min(self.length, max(end, 2 * old))
+            rows = self.rows.new_empty(B, H, capacity, D)
+            exponents = self.exponents.new_empty(B, H, capacity)
+            rows[:, :, :old] = self.rows
+            exponents[:, :, :old] = self.exponents
             self.rows, self.exponents = rows, exponents
 
     def append(self, x: torch.Tensor) -> None:
