@@ -194,16 +194,16 @@ def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | N
         for unit in split_groups(token_lists, online.unit_chunks):
             results += _encode_unit(engine, unit, online, token_bits, len(results))
         return results
-    chunks = [_ChunkEncoder(index, token_bits) for index in range(len(token_lists))]
+    encoders = [_ChunkEncoder(index, token_bits) for index in range(len(token_lists))]
     if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
         for index, start, weights in engine.sequence_pieces(token_lists):
-            chunks[index].encode(start, token_lists[index][start : start + len(weights)], weights)
+            encoders[index].encode(start, token_lists[index][start : start + len(weights)], weights)
     else:
         lengths = [len(tokens) for tokens in token_lists]
         for step, weights, active, _ in lockstep(engine, lengths, lambda chunk, step: token_lists[chunk][step]):
             for chunk in active:
-                chunks[chunk].encode(step, token_lists[chunk][step : step + 1], weights[chunk : chunk + 1])
-    return [chunk.finish() for chunk in chunks]
+                encoders[chunk].encode(step, token_lists[chunk][step : step + 1], weights[chunk : chunk + 1])
+    return [encoder.finish() for encoder in encoders]
 
 
 def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, token_bits: list | None,
@@ -221,7 +221,7 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
     for step, _, active, predictions in lockstep(None, lengths, lambda chunk, step: token_lists[chunk][step], online):
         for chunk, (candidate, length) in zip(active, predictions):
             candidates[chunk][step], match_lengths[chunk][step] = candidate, length
-    chunks = [_ChunkEncoder(first + index, token_bits) for index in range(len(token_lists))]
+    encoders = [_ChunkEncoder(first + index, token_bits) for index in range(len(token_lists))]
     for index, start, weights in engine.sequence_pieces(token_lists):
         positions = slice(start, start + len(weights))
         symbols = token_lists[index][positions]
@@ -229,9 +229,9 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
         # In place: the engine's rows are not needed again.
         _mix_online(online, [index] * len(weights), weights, candidates[index][positions],
                     match_lengths[index][positions], lambda offset, row: symbols[offset])
-        chunks[index].encode(start, symbols, weights, alone)
+        encoders[index].encode(start, symbols, weights, alone)
     online.end_unit()
-    return [chunk.finish() for chunk in chunks]
+    return [encoder.finish() for encoder in encoders]
 
 
 def decode_chunks(engine, records: list[ChunkRecord]) -> list[np.ndarray]:
