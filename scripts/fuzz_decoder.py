@@ -39,6 +39,7 @@ import tempfile
 import time
 import traceback
 import zlib
+from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -237,27 +238,69 @@ def mutate(seeds, rng: random.Random) -> tuple[str, int, bytes]:
 
 
 def install_memo() -> tuple[dict, Callable[[], None]]:
-    """Memoise model decoding by group content (the decoder is a pure function of it); returns (stats, undo)."""
-    original = stream.decode_chunks
+    """Memoise model decoding (the decoder is a pure function of what it is given); returns (stats, undo).
+
+    Without an online model a group's tokens depend on its records alone. With one, a unit's tokens
+    and what the online model learns from it depend on the online state before it, which depends
+    on every unit the stream decoded before: so the key chains the units, and a hit replays the
+    unit's effect on the online model (its tokens, table writes and counts) without running the
+    model. A unit that raised raises the same error again.
+    """
+    originals = stream.decode_chunks, stream._decode_unit
     memo: dict = {}
     stats = {"hits": 0, "misses": 0}
 
-    def decode_chunks(engine, records):
-        key = (json.dumps(engine.settings, sort_keys=True, default=str),
-               tuple((record.payload, record.token_count) for record in records))
+    def remember(key, compute):
         if key in memo:
             stats["hits"] += 1
         else:
             stats["misses"] += 1
-            if len(memo) > 20000:
+            if len(memo) > 10000:
                 memo.clear()
-            memo[key] = [tokens.copy() for tokens in original(engine, records)]
-        return [tokens.copy() for tokens in memo[key]]
+            try:
+                memo[key] = compute()
+            except LLMZipError as error:
+                memo[key] = error
+        if isinstance(memo[key], LLMZipError):
+            raise type(memo[key])(*memo[key].args)
+        return memo[key]
 
-    stream.decode_chunks = decode_chunks
+    def content(engine, records) -> tuple:
+        return (json.dumps(engine.settings, sort_keys=True, default=str),
+                tuple((record.payload, record.token_count) for record in records))
+
+    def decode_chunks(engine, records):
+        decoded = remember(content(engine, records), lambda: [t.copy() for t in originals[0](engine, records)])
+        return [tokens.copy() for tokens in decoded]
+
+    def decode_unit(engine, records, online):
+        before = getattr(online, "memo_chain", None)
+        key = (before, content(engine, records))
+
+        def compute():
+            mark = online.checkpoint()  # opens the log of table writes
+            decoded = [tokens.copy() for tokens in originals[1](engine, records, online)]
+            tables = {id(table): index for index, table in enumerate(online.tables)}
+            writes = [(tables[id(table)], slot, table[slot]) for table, slot, _ in online._undo[mark[1]:]]
+            online.commit()
+            return decoded, (array(online.tokens.typecode, online.tokens), online.unknown, writes,
+                             list(online.hits), list(online.trials))
+
+        hit = key in memo
+        decoded, (tokens, unknown, writes, hits, trials) = remember(key, compute)
+        if hit:  # the unit's effect on the online model, without the model
+            online.tokens, online.unknown = array(tokens.typecode, tokens), unknown
+            for index, slot, value in writes:
+                online.tables[index][slot] = value
+            online.hits, online.trials = list(hits), list(trials)
+            online.end_unit()
+        online.memo_chain = hash(key)
+        return [tokens.copy() for tokens in decoded]
+
+    stream.decode_chunks, stream._decode_unit = decode_chunks, decode_unit
 
     def undo() -> None:
-        stream.decode_chunks = original
+        stream.decode_chunks, stream._decode_unit = originals
 
     return stats, undo
 

@@ -72,6 +72,28 @@ def test_short_fuzz_run_finds_nothing(tiny_model, seeds, monkeypatch):
     assert report["outcomes"].get("ok-error", 0) > 1000  # most damage is caught, as it should be
 
 
+def test_memoised_online_units_replay_what_they_taught(tiny_model):
+    """The fuzzer's memo skips the model for a unit it has decoded before and replays the unit's effect
+    on the online model; a later unit it has not seen must then decode exactly as without the memo."""
+    from conftest import SAMPLE_TEXT
+
+    common = (SAMPLE_TEXT * 3).encode()
+    first, second = common + b" The end of one story.", common + b" Quite another ending, longer than the first."
+    compressor = llmzip.Compressor(model=tiny_model, engine="exact", chunk_tokens=16, batch_size=2, threads=1,
+                                   xz_fallback=False, online=True)
+    packed = [compressor.compress(data) for data in (first, second)]
+    assert llmzip.info(packed[1]).model_settings["online"]["unit_chunks"] <= 2  # several units
+    decompressor = llmzip.Decompressor(model=tiny_model, device="cpu")
+    stats, undo = fuzz_decoder.install_memo()
+    try:
+        assert decompressor.decompress(packed[0]) == first
+        misses = stats["misses"]
+        assert decompressor.decompress(packed[1]) == second
+    finally:
+        undo()
+    assert stats["hits"] > 3 and stats["misses"] > misses  # the shared units replayed, the new ones decoded
+
+
 def test_repaired_checksums_reach_the_checks_behind_them(seeds):
     name, original, packed = next(seed for seed in seeds if seed[0] == "stored")
     damaged = bytearray(packed)
