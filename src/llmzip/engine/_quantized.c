@@ -260,6 +260,12 @@ static struct {
     long born[MAX_THREADS]; /* the generation before a thread's first call */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 static pthread_mutex_t dispatch = PTHREAD_MUTEX_INITIALIZER; /* one call at a time: the GIL is released */
+/* The working memory of block calls (see take_scratch), kept between calls. */
+static struct {
+    pthread_mutex_t lock;
+    char *memory;
+    size_t size;
+} arena = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
 
 static void *pool_thread(void *argument) {
     const int index = (int)(intptr_t)argument;
@@ -282,6 +288,7 @@ static void *pool_thread(void *argument) {
 
 static void pool_after_fork(void) { /* a forked child has none of the parent's threads */
     pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&arena.lock, NULL);
     pthread_cond_init(&pool.wake, NULL);
     pthread_cond_init(&pool.done, NULL);
     pthread_mutex_init(&dispatch, NULL);
@@ -1113,22 +1120,45 @@ static const Norm *take_norm(Buffers *buffers, PyObject *tuple, Norm *norm, Py_s
     return norm;
 }
 
-/* The buffers of one block call; freed together. */
+/* The working buffers of a block call, carved from one arena that is kept between calls (fresh
+ * memory every call cost page faults and page clearing: several percent of a full pass). One
+ * block call at a time uses it. */
 typedef struct {
     int16_t *h, *y16, *p16;
     int32_t *h_exponent, *y_exponent, *p_exponent;
     int64_t *qkv, *q, *attended, *y, *gate_up, *row;
 } Scratch;
 
-static void free_scratch(Scratch *scratch) {
-    void **all[] = {(void **)&scratch->h, (void **)&scratch->y16, (void **)&scratch->p16,
-                    (void **)&scratch->h_exponent, (void **)&scratch->y_exponent, (void **)&scratch->p_exponent,
-                    (void **)&scratch->qkv, (void **)&scratch->q, (void **)&scratch->attended, (void **)&scratch->y,
-                    (void **)&scratch->gate_up, (void **)&scratch->row};
-    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
-        PyMem_RawFree(*all[i]);
-        *all[i] = NULL;
+static void *carve(char **at, size_t bytes) { /* 64-byte aligned pieces */
+    char *start = *at;
+    *at += (bytes + 63) & ~(size_t)63;
+    return start;
+}
+
+/* Call with arena.lock held; 0 when out of memory. */
+static int take_scratch(Scratch *scratch, Py_ssize_t N, Py_ssize_t C, Py_ssize_t hidden, Py_ssize_t Rqkv,
+                        Py_ssize_t heads_width) {
+    const Py_ssize_t wide = C > hidden ? C : hidden;
+    const size_t sizes[] = {sizeof(int16_t) * N * wide, sizeof(int16_t) * N * heads_width, sizeof(int16_t) * N * hidden,
+                            sizeof(int32_t) * N, sizeof(int32_t) * N, sizeof(int32_t) * N,
+                            sizeof(int64_t) * N * Rqkv, sizeof(int64_t) * N * heads_width,
+                            sizeof(int64_t) * N * heads_width, sizeof(int64_t) * N * heads_width,
+                            sizeof(int64_t) * N * 2 * hidden, sizeof(int64_t) * wide};
+    size_t total = 64;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += (sizes[i] + 63) & ~(size_t)63;
+    if (total > arena.size) {
+        PyMem_RawFree(arena.memory);
+        arena.memory = PyMem_RawMalloc(total);
+        arena.size = arena.memory ? total : 0;
+        if (!arena.memory) return 0;
     }
+    char *at = (char *)(((uintptr_t)arena.memory + 63) & ~(uintptr_t)63);
+    void **pieces[] = {(void **)&scratch->h, (void **)&scratch->y16, (void **)&scratch->p16,
+                       (void **)&scratch->h_exponent, (void **)&scratch->y_exponent, (void **)&scratch->p_exponent,
+                       (void **)&scratch->qkv, (void **)&scratch->q, (void **)&scratch->attended, (void **)&scratch->y,
+                       (void **)&scratch->gate_up, (void **)&scratch->row};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) *pieces[i] = carve(&at, sizes[i]);
+    return 1;
 }
 
 /* The block of gguf_llama._Block.__call__ on B sequences of T positions, every step the same
@@ -1196,24 +1226,11 @@ static PyObject *block(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "the block's matrices do not fit its shapes");
         return NULL;
     }
-    Scratch scratch = {
-        .h = PyMem_RawMalloc(sizeof(int16_t) * N * (C > hidden ? C : hidden)),
-        .h_exponent = PyMem_RawMalloc(sizeof(int32_t) * N),
-        .qkv = PyMem_RawMalloc(sizeof(int64_t) * N * Rqkv),
-        .q = PyMem_RawMalloc(sizeof(int64_t) * N * Hq * D),
-        .attended = PyMem_RawMalloc(sizeof(int64_t) * N * Hq * D),
-        .y = PyMem_RawMalloc(sizeof(int64_t) * N * Hq * D),
-        .y16 = PyMem_RawMalloc(sizeof(int16_t) * N * Hq * D),
-        .y_exponent = PyMem_RawMalloc(sizeof(int32_t) * N),
-        .gate_up = PyMem_RawMalloc(sizeof(int64_t) * N * 2 * hidden),
-        .p16 = PyMem_RawMalloc(sizeof(int16_t) * N * hidden),
-        .p_exponent = PyMem_RawMalloc(sizeof(int32_t) * N),
-        .row = PyMem_RawMalloc(sizeof(int64_t) * (C > hidden ? C : hidden)),
-    };
-    int failed = !scratch.h || !scratch.h_exponent || !scratch.qkv || !scratch.q || !scratch.attended || !scratch.y ||
-                 !scratch.y16 || !scratch.y_exponent || !scratch.gate_up || !scratch.p16 || !scratch.p_exponent ||
-                 !scratch.row;
+    Scratch scratch;
+    int failed;
     Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&arena.lock);
+    failed = !take_scratch(&scratch, N, C, hidden, Rqkv, Hq * D);
     if (!failed) {
         /* attention: norm, q k v, rotary positions (q and k heads are adjacent columns) */
         norm_rows(x, &first_norm, scratch.h, scratch.h_exponent, N, C, scratch.row);
@@ -1265,8 +1282,8 @@ static PyObject *block(PyObject *self, PyObject *args) {
         down.x = scratch.p16, down.x_exponent = scratch.p_exponent, down.out = x, down.T = N, down.accumulate = 1;
         failed = run_linear(down, threads);
     }
+    pthread_mutex_unlock(&arena.lock);
     Py_END_ALLOW_THREADS
-    free_scratch(&scratch);
     release(&buffers);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
