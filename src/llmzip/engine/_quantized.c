@@ -637,11 +637,12 @@ __attribute__((target("avx2,fma"))) static void mix4_avx2(double *acc, const dou
 #endif
 
 #if HAVE_X86
-/* One position's queries (decoding): the R query rows of a key-value head see the same keys and
- * values, so each int16 key or value is converted once, in registers, and serves all R rows. No
- * conversion of the whole cache, which would cost more than the products themselves. Scores are
- * taken before the key's power of two (exact integers either way: products and sums stay below
- * 2**53), values are weighted by weight * 2**exponent: the same integers as attend_row. */
+/* One position's queries, in a decoding step and in a full pass alike: the R query heads of a
+ * key-value head see the same keys and values, so each int16 value is converted once, in
+ * registers, and serves all R rows (no conversion of the whole cache, which would cost more than
+ * the products themselves), and scores are integer products of the int16 keys as cached. Scores
+ * are taken before the key's power of two (exact integers either way: products and sums stay
+ * below 2**53), values are weighted by weight * 2**exponent: the same integers as attend_row. */
 __attribute__((target("avx2,fma"))) static inline __m256d load4_int16(const int16_t *p) {
     return _mm256_cvtepi32_pd(_mm_cvtepi16_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
@@ -702,25 +703,85 @@ __attribute__((always_inline, target("avx2,fma"))) static inline void shared_mix
     }
 }
 
-/* Rows first .. first + R - 1 of key-value head `pair` at one query position (R <= 4); D % 8 == 0.
- * `scores` holds 4 * Tk doubles, `query` and `acc` 4 * D. */
+/* scores[r * stride + j] = query_r . key_j for j < seen, rows r < R (R <= 4), D % 16 == 0, in integers:
+ * each query entry is split as high * 2**9 + low (low in 0..511, |high| <= 2**10 for |q| <= 2**19),
+ * so vpmaddwd takes int16 keys as they are cached and every partial sum is exact in int32 (a lane
+ * holds 8 products below 2**25; four lanes below 2**30); the last additions are in int64. The
+ * same integers as the float64 sums of shared_scores, with no conversion of the keys. */
+__attribute__((always_inline, target("avx2"))) static inline __m256i lane_sums4(const __m256i sums[4]) {
+    __m256i pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(sums[0], sums[1]), _mm256_hadd_epi32(sums[2], sums[3]));
+    return _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(pairs)),
+                            _mm256_cvtepi32_epi64(_mm256_extracti128_si256(pairs, 1)));
+}
+
+__attribute__((always_inline, target("avx2"))) static inline void shared_integer_scores(
+    const int16_t *low, const int16_t *high, const int16_t *keys, Py_ssize_t seen, Py_ssize_t D, const int R,
+    double *scores, Py_ssize_t stride) {
+    Py_ssize_t j = 0;
+    for (; j + 4 <= seen; j += 4)
+        for (int r = 0; r < R; r++) {
+            __m256i low_sums[4], high_sums[4];
+            for (int n = 0; n < 4; n++) low_sums[n] = high_sums[n] = _mm256_setzero_si256();
+            for (Py_ssize_t d = 0; d < D; d += 16) {
+                __m256i query_low = _mm256_loadu_si256((const __m256i *)(low + r * D + d));
+                __m256i query_high = _mm256_loadu_si256((const __m256i *)(high + r * D + d));
+                for (int n = 0; n < 4; n++) {
+                    __m256i key = _mm256_loadu_si256((const __m256i *)(keys + (j + n) * D + d));
+                    low_sums[n] = _mm256_add_epi32(low_sums[n], _mm256_madd_epi16(key, query_low));
+                    high_sums[n] = _mm256_add_epi32(high_sums[n], _mm256_madd_epi16(key, query_high));
+                }
+            }
+            int64_t four[4];
+            _mm256_storeu_si256((__m256i *)four,
+                                _mm256_add_epi64(_mm256_slli_epi64(lane_sums4(high_sums), 9), lane_sums4(low_sums)));
+            for (int n = 0; n < 4; n++) scores[r * stride + j + n] = (double)four[n];
+        }
+    for (; j < seen; j++)
+        for (int r = 0; r < R; r++) {
+            int64_t sum = 0;
+            for (Py_ssize_t d = 0; d < D; d++) sum += ((int64_t)high[r * D + d] * 512 + low[r * D + d]) * keys[j * D + d];
+            scores[r * stride + j] = (double)sum;
+        }
+}
+
+#define QUERY_BOUND ((int64_t)1 << 19) /* |q| after the rotation (gguf_llama.ROTATED_BOUND) */
+
+/* R <= 4 query rows of key-value head `pair` that see the same `seen` keys (the query heads of one
+ * key-value head at one position); D % 16 == 0. `scores` holds 4 * Tk doubles, `query` and `acc`
+ * 4 * D doubles, `low` and `high` 4 * D int16. */
 __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTask *task, Py_ssize_t pair,
-                                                              Py_ssize_t first, int R, double *scores,
-                                                              double *query, double *acc) {
-    const Py_ssize_t D = task->D, seen = task->Tk, stride = task->Tk;
+                                                              const Py_ssize_t *rows, int R, Py_ssize_t seen,
+                                                              double *scores, double *query, double *acc,
+                                                              int16_t *low, int16_t *high) {
+    const Py_ssize_t D = task->D, stride = task->Tk;
     const Py_ssize_t base = pair * task->capacity, head = pair % task->H;
     const int16_t *keys = task->k + base * D, *values = task->v + base * D;
     const int32_t *key_exponent = task->k_exponent + base, *value_exponent = task->v_exponent + base;
     const int64_t multiplier = task->multiplier[head], shift = task->shift[head];
     const int64_t half = (int64_t)1 << (shift - 1);
+    int within = 1;
     for (int r = 0; r < R; r++)
-        for (Py_ssize_t d = 0; d < D; d++) query[r * D + d] = (double)task->q[((pair * task->Rq) + first + r) * D + d];
-    switch (R) {
-        case 1: shared_scores(query, keys, seen, D, 1, scores, stride); break;
-        case 2: shared_scores(query, keys, seen, D, 2, scores, stride); break;
-        case 3: shared_scores(query, keys, seen, D, 3, scores, stride); break;
-        default: shared_scores(query, keys, seen, D, 4, scores, stride); break;
-    }
+        for (Py_ssize_t d = 0; d < D; d++) {
+            int64_t value = task->q[(pair * task->Rq + rows[r]) * D + d];
+            query[r * D + d] = (double)value;
+            within &= value >= -QUERY_BOUND && value <= QUERY_BOUND;
+            low[r * D + d] = (int16_t)(value & 511);
+            high[r * D + d] = (int16_t)(value >> 9);
+        }
+    if (within)
+        switch (R) {
+            case 1: shared_integer_scores(low, high, keys, seen, D, 1, scores, stride); break;
+            case 2: shared_integer_scores(low, high, keys, seen, D, 2, scores, stride); break;
+            case 3: shared_integer_scores(low, high, keys, seen, D, 3, scores, stride); break;
+            default: shared_integer_scores(low, high, keys, seen, D, 4, scores, stride); break;
+        }
+    else
+        switch (R) {
+            case 1: shared_scores(query, keys, seen, D, 1, scores, stride); break;
+            case 2: shared_scores(query, keys, seen, D, 2, scores, stride); break;
+            case 3: shared_scores(query, keys, seen, D, 3, scores, stride); break;
+            default: shared_scores(query, keys, seen, D, 4, scores, stride); break;
+        }
     int64_t totals[4];
     for (int r = 0; r < R; r++) {
         double *row = scores + r * stride;
@@ -746,7 +807,7 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
         default: shared_mix(scores, values, seen, D, 4, acc, stride); break;
     }
     for (int r = 0; r < R; r++) {
-        int64_t *out = task->out + ((pair * task->Rq) + first + r) * D;
+        int64_t *out = task->out + (pair * task->Rq + rows[r]) * D;
         for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * (int64_t)acc[r * D + d] + totals[r], 2 * totals[r]);
     }
 }
@@ -822,17 +883,26 @@ static void *attention_worker(void *argument) {
 #endif
     void *failed = NULL;
 #if HAVE_X86
-    if (vector && task->Tq == 1 && D % 8 == 0) { /* decoding: one position, keys shared by the rows */
+    if (vector && D % 16 == 0) { /* the query rows of one position share its keys and values */
+        const Py_ssize_t group = task->Rq / task->Tq; /* query heads per key-value head */
         double *scores = PyMem_RawMalloc(sizeof(double) * 4 * (task->Tk > 0 ? task->Tk : 1));
-        double *query = PyMem_RawMalloc(sizeof(double) * 8 * D);
-        if (!scores || !query) failed = (void *)1;
-        for (Py_ssize_t pair = task->worker; !failed && pair < task->B * task->H; pair += task->workers)
-            for (Py_ssize_t first = 0; first < task->Rq; first += 4) {
-                int R = task->Rq - first < 4 ? (int)(task->Rq - first) : 4;
-                attend_shared(task, pair, first, R, scores, query, query + 4 * D);
+        double *buffers = PyMem_RawMalloc(sizeof(double) * 8 * D);
+        int16_t *halves = PyMem_RawMalloc(sizeof(int16_t) * 8 * D);
+        if (!scores || !buffers || !halves) failed = (void *)1;
+        /* work items: (pair, position), positions dealt round-robin so the longer ones spread out */
+        for (Py_ssize_t item = task->worker; !failed && item < task->B * task->H * task->Tq; item += task->workers) {
+            const Py_ssize_t pair = item / task->Tq, t = item % task->Tq;
+            const Py_ssize_t seen = task->Tk - task->Tq + t + 1;
+            for (Py_ssize_t first = 0; first < group; first += 4) {
+                Py_ssize_t rows[4];
+                int R = group - first < 4 ? (int)(group - first) : 4;
+                for (int r = 0; r < R; r++) rows[r] = (first + r) * task->Tq + t;
+                attend_shared(task, pair, rows, R, seen, scores, buffers, buffers + 4 * D, halves, halves + 4 * D);
             }
+        }
         PyMem_RawFree(scores);
-        PyMem_RawFree(query);
+        PyMem_RawFree(buffers);
+        PyMem_RawFree(halves);
         return failed;
     }
 #endif
