@@ -777,6 +777,12 @@ class ExactGGUFLlamaEngine(ExactEngine):
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         B, T = tokens.shape
         flat = tokens.reshape(-1)
+        if self.products.compiled:  # numpy: torch would spread these small products over threads and wait
+            rows = flat.numpy()
+            codes = self.embedding.natural_codes[rows].astype(np.int64).reshape(B * T, -1, BLOCK)
+            values = (codes * self.embedding.scales[rows][:, :, None].astype(np.int64)).reshape(B * T, -1)
+            shift = (self.embedding.exponents[rows] + self.residual_bits).astype(np.int64)
+            return torch.from_numpy(values << shift[:, None]).view(B, T, -1)
         codes = self.embedding_codes[flat].to(torch.int64).view(B * T, -1, BLOCK)
         values = (codes * self.embedding_scales[flat][:, :, None]).view(B * T, -1)
         return (values << self.embedding_shift[flat][:, None]).view(B, T, -1)
