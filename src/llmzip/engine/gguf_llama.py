@@ -662,8 +662,12 @@ class _KeyValueRows:
         self.length = length  # positions at most
         self.products = products
         capacity = length if capacity is None else min(length, capacity)
-        self.rows = torch.zeros(batch_size, heads, capacity, head_dim, dtype=torch.int16, device=device)
-        self.exponents = torch.zeros(batch_size, heads, capacity, dtype=torch.int32, device=device)
+        if torch.device(device).type == "cpu":  # numpy's zeros: torch spreads even small fills over its threads
+            self.rows = torch.from_numpy(np.zeros((batch_size, heads, capacity, head_dim), dtype=np.int16))
+            self.exponents = torch.from_numpy(np.zeros((batch_size, heads, capacity), dtype=np.int32))
+        else:
+            self.rows = torch.zeros(batch_size, heads, capacity, head_dim, dtype=torch.int16, device=device)
+            self.exponents = torch.zeros(batch_size, heads, capacity, dtype=torch.int32, device=device)
         self.position = 0
 
     def reserve(self, end: int) -> None:
@@ -673,8 +677,12 @@ class _KeyValueRows:
             capacity = min(self.length, max(end, 2 * old))
             rows = self.rows.new_empty(B, H, capacity, D)
             exponents = self.exponents.new_empty(B, H, capacity)
-            rows[:, :, :old] = self.rows
-            exponents[:, :, :old] = self.exponents
+            if rows.device.type == "cpu":  # numpy copies without waiting for torch's threads
+                rows.numpy()[:, :, :old] = self.rows.numpy()
+                exponents.numpy()[:, :, :old] = self.exponents.numpy()
+            else:
+                rows[:, :, :old] = self.rows
+                exponents[:, :, :old] = self.exponents
             self.rows, self.exponents = rows, exponents
 
     def append(self, x: torch.Tensor) -> None:
