@@ -316,3 +316,118 @@ def test_threads_do_not_change_the_bytes():
         torch.set_num_threads(before)
     assert packed[1] == packed[2]
     assert llmzip.decompress(packed[2]) == data
+
+
+# -- the encoder's choice: the online model only where the file comes out smaller with it
+
+OPTIONS = [("d", "decompress", "Decompress each FILE instead of compressing it."),
+           ("k", "keep", "Keep the input files; by default they are removed once the output is written."),
+           ("c", "stdout", "Write the output to standard output and keep the input files."),
+           ("f", "force", "Overwrite output files that already exist, and compress links."),
+           ("t", "test", "Test the integrity of each compressed FILE: decode it and compare its checksum."),
+           ("l", "list", "List the content size, compressed size and model of each compressed FILE."),
+           ("v", "verbose", "Print the compression ratio of each FILE, and what the online model saved."),
+           ("q", "quiet", "Print no warnings, and no progress bar on a terminal."),
+           ("T", "threads", "Use at most N threads for inference; the output does not depend on it."),
+           ("m", "model", "Use the model at PATH, or the built-in model NAME, instead of the level's model."),
+           ("o", "output", "Write the output to FILE; with several inputs, FILE is a directory.")]
+
+# A short paragraph: too little for the online model to pay for its key in the model record.
+PARAGRAPH = (b"Rain had fallen all night on the harbour town, and by morning the fishing boats were late. "
+             b"Marta walked down to the quay with her brother's coat over her arm, counting the masts as she "
+             b"went, and stopped at the bakery for bread that was still too hot to hold.\n")
+
+
+def _man_page() -> bytes:
+    """A manual page: troff macros and option lines repeat, which the online model learns."""
+    lines = [".TH LLMZIP 1", ".SH NAME", r"llmzip \- compress files with a language model", ".SH SYNOPSIS",
+             ".B llmzip", r"[\fIOPTION\fR]... [\fIFILE\fR]...", ".SH OPTIONS"]
+    for short, long, text in OPTIONS:
+        lines += [".TP", rf".BR \-{short} \fR,\fP \-\-{long}", text]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _compress(data, **options):
+    output = io.BytesIO()
+    summary = llmzip.Compressor(level=1, **options).copy_stream(io.BytesIO(data), output, content_size=len(data))
+    return output.getvalue(), summary
+
+
+def test_a_small_file_is_coded_by_the_model_alone_when_the_online_model_does_not_pay(one_thread):
+    packed, summary = _compress(PARAGRAPH)
+    alone = llmzip.compress(PARAGRAPH, level=1, online=False)
+    details = llmzip.info(packed)
+    assert details.chunks["model"] > 0 and "online" not in details.model_settings
+    assert packed == alone  # the very stream --no-online writes
+    choice = summary.online_choice
+    assert not choice.kept and choice.with_online >= choice.alone and choice.input_bytes == len(PARAGRAPH)
+    assert summary.model_bits == summary.model_alone_bits  # the bits of what was written
+    assert llmzip.decompress(packed) == PARAGRAPH
+
+
+def test_a_file_where_the_online_model_pays_keeps_it(one_thread):
+    data = _man_page()
+    packed, summary = _compress(data)
+    alone = llmzip.compress(data, level=1, online=False)
+    details = llmzip.info(packed)
+    assert details.chunks["model"] > 1 and details.model_settings["online"]["version"] == online.ONLINE_VERSION
+    assert len(packed) < len(alone)
+    choice = summary.online_choice
+    assert choice.kept and choice.alone - choice.with_online == len(alone) - len(packed)  # real container bytes
+    assert summary.model_bits < summary.model_alone_bits
+    assert llmzip.decompress(packed) == data and llmzip.decompress(alone) == data
+
+
+def test_the_choice_is_deterministic_and_threads_do_not_change_it():
+    import torch
+
+    before = torch.get_num_threads()
+    packed = {}
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            packed[threads, len(packed)] = [_compress(data)[0] for data in (PARAGRAPH, _man_page())]
+    finally:
+        torch.set_num_threads(before)
+    results = list(packed.values())
+    assert results[0] == results[1] == results[2]
+    assert ["online" in llmzip.info(file).model_settings for file in results[0]] == [False, True]
+
+
+def test_the_model_alone_reuses_the_rows_of_the_online_coding(one_thread, monkeypatch):
+    """While the encoder chooses, each chunk's payload under the model's rows alone comes from the
+    rows the online coding computed: the same payload encode_chunks gives it without one."""
+    compressor = llmzip.Compressor(level=1, chunk_tokens=32, batch_size=4)
+    tokens = compressor.model.tokenizer.tokenize(_man_page())
+    chunks = stream.split_chunks(tokens, 32)[:6]
+    alone_payloads: list = []
+    model = online.OnlineModel(compressor.model_settings()["online"])
+    coded = stream.encode_chunks(compressor.engine, chunks, model, None, alone_payloads)
+    assert alone_payloads == [payload for payload, _, _ in stream.encode_chunks(compressor.engine, chunks)]
+    assert [payload for payload, _, _ in coded] != alone_payloads
+    # Compressing runs the model once per group, not once for each way of coding it.
+    runs = []
+    real_encode = stream.encode_chunks
+    monkeypatch.setattr(stream, "encode_chunks", lambda engine, token_lists, *rest:
+                        runs.append(len(token_lists)) or real_encode(engine, token_lists, *rest))
+    _compress(PARAGRAPH)
+    _compress(_man_page())
+    assert runs and all(count > 0 for count in runs) and len(runs) <= 4
+
+
+def test_a_long_stream_chooses_after_a_block(one_thread, monkeypatch):
+    """Input does not wait for the choice without bound: it is made once about a block of input
+    has come in, and the stream goes on with the coding chosen."""
+    monkeypatch.setattr(stream, "BLOCK_BYTES", 1000)
+    data = PARAGRAPH + _man_page() + PARAGRAPH.upper() + _man_page().upper()
+    packed, summary = _compress(data, chunk_tokens=32, batch_size=4)
+    choice = summary.online_choice
+    assert 1000 <= choice.input_bytes < len(data)
+    assert choice.kept and "online" in llmzip.info(packed).model_settings
+    assert llmzip.decompress(packed) == data
+
+
+def test_model_only_keeps_an_online_model_asked_for(one_thread):
+    packed, summary = _compress(PARAGRAPH, xz_fallback=False, online=True)
+    assert "online" in llmzip.info(packed).model_settings and summary.online_choice is None
+    assert llmzip.decompress(packed) == PARAGRAPH

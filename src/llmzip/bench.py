@@ -737,7 +737,7 @@ def markdown_report(results: Results) -> str:
               "ideal entropy coder.",
               "- **online model saved** (models): (Σ −log2 p under the model's rows alone − Σ −log2 p under the rows "
               "mixed with the online model) / raw bytes, over the model-coded tokens: what learning from the file "
-              "itself saved.",
+              "itself saved; 0 where the encoder left the online model out (the file was no smaller with it).",
               "- **ratio**: raw bytes / compressed bytes.",
               "- **size-adjusted**: (compressed bytes + model bytes) / raw bytes; model bytes are the model's files "
               "on disk. Classical compressors count no model.",

@@ -550,12 +550,23 @@ class Runner:
 
 
 def _learning_line(summary) -> str:
-    """What the online model saved: the file's own "learning is compression" number."""
+    """What the online model saved: the file's own "learning is compression" number, and the
+    encoder's choice to keep it (only where the file comes out smaller with it)."""
     saved = summary.model_alone_bits - summary.model_bits
+    choice = getattr(summary, "online_choice", None)
+    compared = ""
+    if choice is not None:
+        compared = f"{choice.with_online:,} bytes with it, {choice.alone:,} without"
+        if choice.input_bytes < summary.content_size:
+            compared += f" for the first {choice.input_bytes:,} bytes"
     if not saved:
-        return f"model alone: {summary.model_alone_bits / 8:,.0f} bytes for {summary.tokens:,} tokens (no online model)"
+        ending = " (no online model)"
+        if compared and not choice.kept:
+            ending = f"; the online model was left out: {compared}"
+        return f"model alone: {summary.model_alone_bits / 8:,.0f} bytes for {summary.tokens:,} tokens{ending}"
     return (f"online model saved {saved / 8:,.0f} bytes ({100 * saved / summary.model_alone_bits:.1f}% of the model "
-            f"alone's {summary.model_alone_bits / 8:,.0f}) on {summary.tokens:,} tokens")
+            f"alone's {summary.model_alone_bits / 8:,.0f}) on {summary.tokens:,} tokens"
+            + (f"; kept: {compared}" if compared else ""))
 
 
 class _NullWriter:

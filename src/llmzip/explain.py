@@ -61,7 +61,8 @@ def chunk_costs(compressor, chunks: list[np.ndarray]) -> tuple[np.ndarray, np.nd
     """Every token's cost, and its cost under the model alone (the same without the online model),
     through the encoder's own path: the chunks in the compressor's groups (and units), with its
     online model if it has one, as when all of them are model-coded. A float engine sees the batch
-    shapes it codes with."""
+    shapes it codes with. The compressor keeps the online model for a file only when the file
+    comes out smaller with it (StreamEncoder); the page shows its costs with it and alone either way."""
     online = OnlineModel(compressor.model_settings()["online"]) if compressor.online else None
     bits = [np.zeros(len(chunk)) for chunk in chunks]
     alone_bits = [np.zeros(len(chunk)) for chunk in chunks]
@@ -254,7 +255,8 @@ def render_page(name: str, data: bytes, costs: TokenCosts, *, model, engine_kind
         saved_bits = float(costs.alone_bits.sum()) - total_bits
         rows.append(("online model saved", f"{saved_bits:,.1f} bits ({saved_bits / 8:,.0f} bytes, "
                                            f"{100 * saved_bits / max(float(costs.alone_bits.sum()), 1e-9):.1f}% "
-                                           "of the model alone)"))
+                                           "of the model alone; the compressor keeps the online model only where "
+                                           "the file comes out smaller with it, llmzip -v says which)"))
     for label, value in (comparison or {}).items():
         rows.append((f"{html.escape(label)}, for comparison", f"{value:.3f} bits per byte"))
     totals = "".join(f"<tr><td>{label}</td><td>{value}</td></tr>" for label, value in rows)

@@ -9,7 +9,8 @@ The encoder (StreamEncoder) is a short pipeline:
 - code: a group's chunks share one batched model pass (`encode_chunks`), with the online model;
 - choose: each group is written as its model chunks, or as one xz or stored chunk, whichever is
   smallest; each span (about a block of coded groups) as its groups or one xz chunk, so no input
-  grows by more than the framing;
+  grows by more than the framing; and once per stream, the online model or the model alone,
+  whichever writes less (StreamEncoder says when);
 - write: groups in input order.
 
 The decoder (StreamDecoder) reads the groups back and decodes their model chunks in lockstep
@@ -21,6 +22,7 @@ with the online model, both mix its candidates into the rows through `_mix_onlin
 from __future__ import annotations
 
 import hashlib
+import io
 import lzma
 import zlib
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ class Summary:
     model_raw_bytes: int = 0
     tokens: int = 0
     chunks: dict = field(default_factory=lambda: {"model": 0, "stored": 0, "xz": 0})
+    online_choice: OnlineChoice | None = None  # how the encoder chose whether to keep the online model
 
     def add(self, other: Summary) -> None:
         """Count what `other`'s model-coded chunks add (its chunk counts are counted where written)."""
@@ -159,11 +162,13 @@ def online_unit_chunks(engine, chunk_tokens: int, batch_size: int) -> int:
 # -- coding chunks ------------------------------------------------------------------------------
 
 class _ChunkEncoder:
-    """One chunk's range encoder and code lengths (with and without the online model), fed its rows in order."""
+    """One chunk's range encoder and code lengths (with and without the online model), fed its rows in
+    order; with `code_alone`, a second range encoder codes the chunk under the model's rows alone."""
 
-    def __init__(self, index: int, token_bits: list | None):
+    def __init__(self, index: int, token_bits: list | None, code_alone: bool = False):
         self.index, self.token_bits = index, token_bits
         self.encoder = coder.Encoder()
+        self.alone_encoder = coder.Encoder() if code_alone else None
         self.bits = self.alone_bits = 0.0
 
     def encode(self, start: int, symbols: np.ndarray, rows: np.ndarray, alone: np.ndarray | None = None) -> None:
@@ -181,18 +186,20 @@ class _ChunkEncoder:
 
 
 def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | None = None,
-                  token_bits: list | None = None) -> list[tuple[bytes, float, float]]:
+                  token_bits: list | None = None,
+                  alone_payloads: list | None = None) -> list[tuple[bytes, float, float]]:
     """Each chunk's payload, its code length in bits and the model's own code length in bits
     (the same without the online model), coded together in one batch.
 
     With an online model the chunks are one or more units (see online.py), coded in order.
     `token_bits`, if given, receives (chunk, start, bits, bits alone) for the tokens of each
-    chunk from `start` (for explain).
+    chunk from `start` (for explain); `alone_payloads`, if given with an online model, each
+    chunk's payload under the model's rows alone: the payload encode_chunks gives it without one.
     """
     if online is not None:
         results: list[tuple[bytes, float, float]] = []
         for unit in split_groups(token_lists, online.unit_chunks):
-            results += _encode_unit(engine, unit, online, token_bits, len(results))
+            results += _encode_unit(engine, unit, online, token_bits, len(results), alone_payloads)
         return results
     encoders = [_ChunkEncoder(index, token_bits) for index in range(len(token_lists))]
     if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
@@ -207,7 +214,7 @@ def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | N
 
 
 def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, token_bits: list | None,
-                 first: int) -> list[tuple[bytes, float, float]]:
+                 first: int, alone_payloads: list | None = None) -> list[tuple[bytes, float, float]]:
     """One unit with the online model. Its candidates depend on tokens only, so the unit is
     walked in lockstep first, exactly as the decoder will walk it; the full pass's rows then
     arrive chunk by chunk, and each chunk's secondary estimate, which sees only its own chunk
@@ -221,16 +228,21 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
     for step, _, active, predictions in lockstep(None, lengths, lambda chunk, step: token_lists[chunk][step], online):
         for chunk, (candidate, length) in zip(active, predictions):
             candidates[chunk][step], match_lengths[chunk][step] = candidate, length
-    encoders = [_ChunkEncoder(first + index, token_bits) for index in range(len(token_lists))]
+    code_alone = alone_payloads is not None
+    encoders = [_ChunkEncoder(first + index, token_bits, code_alone) for index in range(len(token_lists))]
     for index, start, weights in engine.sequence_pieces(token_lists):
         positions = slice(start, start + len(weights))
         symbols = token_lists[index][positions]
         alone = coder.code_length_bits(symbols, weights)
+        if code_alone:  # before the rows are mixed
+            encoders[index].alone_encoder.encode(symbols, weights)
         # In place: the engine's rows are not needed again.
         _mix_online(online, [index] * len(weights), weights, candidates[index][positions],
                     match_lengths[index][positions], lambda offset, row: symbols[offset])
         encoders[index].encode(start, symbols, weights, alone)
     online.end_unit()
+    if alone_payloads is not None:
+        alone_payloads += [encoder.alone_encoder.finish() for encoder in encoders]
     return [encoder.finish() for encoder in encoders]
 
 
@@ -285,12 +297,40 @@ def _decode_one(decoder: coder.Decoder, row: np.ndarray) -> int:
 
 # -- the encoder ------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class OnlineChoice:
+    """How the encoder chose between the online model and the model alone for a stream: both
+    coded the stream's first `input_bytes` bytes of input, and wrote these many bytes each
+    (groups and model record, the header and end record aside)."""
+
+    input_bytes: int
+    with_online: int
+    alone: int
+
+    @property
+    def kept(self) -> bool:
+        """Whether the online model was kept: only when it made the stream smaller."""
+        return self.with_online < self.alone
+
+
 class StreamEncoder:
     """Push bytes in with write(); coded groups go to `destination`; close() writes the end.
 
-    The stages, each a method below: split (`_take_block`, `_split_block`), keep input order
-    (`_take`), code a group (`_code_group`, `_model_code`), choose (`_model_wins`, `_end_span`),
-    write (`_write_group`).
+    The stages: split (`_take_block`, `_split_block`) and keep input order (`_take`) here; code
+    a group, choose and write in a `_Coding` (`_code_group`, `_model_code`, `_model_wins`,
+    `_end_span`, `_write_group`).
+
+    With an online model and the xz fallback, the encoder also chooses, once per stream, whether
+    the online model pays: two codings run side by side, one with it and one with the model
+    alone, each writing to memory (the model alone reuses the rows the other computed: see
+    `_Coding.alone_codes`). While their outputs are the same (xz and stored chunks only), they
+    are written out and the choice waits. It is made at the end of the stream, or at the first
+    point where their outputs differ once at least a block (BLOCK_BYTES) of input has come in
+    since the last output written, so at most about a block of input waits for it: the smaller
+    output is written (the model alone on a tie) and its coding goes on alone. A stream coded
+    with the model alone has a model record without the online key and is the very stream
+    `online=False` writes. Without the xz fallback (`--model-only`) nothing is chosen: an online
+    model asked for is used.
     """
 
     def __init__(self, destination: BinaryIO, *, header: dict, record: ModelRecord | None, tokenizer, engine,
@@ -299,25 +339,40 @@ class StreamEncoder:
         """`record`: the model record (None for a stream that needs no model); with its `online`
         settings an online model learns from the coded tokens."""
         self.destination = destination
-        self.xz_fallback = xz_fallback  # off: every text chunk the model does not expand is model-coded
-        # The record's JSON, written before the first model-coded group only.
-        self.model_settings = None if record is None else record.to_json()
         self.tokenizer = tokenizer
-        self.engine = engine
         self.chunk_tokens = chunk_tokens
         self.batch_size = batch_size
         self.progress = progress
         self.summary = Summary()
         self._hash = hashlib.sha256()
         self._buffer = bytearray()  # input not yet split
-        # Waiting, in input order: the span's coded groups, then text chunks or a raw run (never both).
-        self._span: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
-        self._span_raw = bytearray()  # the input bytes those groups cover
+        # Waiting, in input order: text chunks or a raw run (never both); then, in each coding, its span.
         self._text: list[tuple[bytes, np.ndarray]] = []  # text chunks waiting for a full group
         self._raw_run = bytearray()  # bytes waiting to be kept raw or as xz
-        self.online = OnlineModel(record.online) if record is not None and record.online is not None else None
-        self._span_mark = None  # the online state before the span, if it becomes one xz chunk
         container.write_header(destination, header)
+        settings = None if record is None else record.to_json()  # written before the first model-coded group only
+        online = OnlineModel(record.online) if record is not None and record.online is not None else None
+        coding = dict(engine=engine, xz_fallback=xz_fallback)
+        self._choice: OnlineChoice | None = None
+        self._alone_codes: dict | None = None
+        if online is None or not xz_fallback:
+            self._codings = [_Coding(destination, settings, online, progress=progress, **coding)]
+            return
+        # The choice to make: with the online model, and the model alone, until one of them is chosen.
+        self._alone_codes = {}
+        self._codings = [
+            _Coding(io.BytesIO(), settings, online, progress=progress, alone_codes=self._alone_codes, **coding),
+            _Coding(io.BytesIO(), {key: value for key, value in settings.items() if key != "online"}, None,
+                    alone_codes=self._alone_codes, **coding),
+        ]
+        self._taken = 0  # input bytes taken in so far
+        self._taken_at_flush = 0  # ... when the codings' outputs were last written out (the same)
+        self._flushed = 0  # bytes written out for both
+
+    @property
+    def online(self) -> OnlineModel | None:
+        """The online model of the stream's coding (None once the model alone is chosen)."""
+        return self._codings[0].online
 
     def write(self, data: bytes) -> None:
         self._hash.update(data)
@@ -331,8 +386,14 @@ class StreamEncoder:
             self._take_block(final=True)
         self._end_text()
         self._end_raw_run()
-        self._end_span()
+        for coding in self._codings:
+            coding.end_span()
+        self._settle(final=True)
         container.write_end(self.destination, EndRecord(self.summary.content_size, self._hash.digest()))
+        written = self._codings[0].summary
+        self.summary.add(written)
+        self.summary.chunks = dict(written.chunks)
+        self.summary.online_choice = self._choice
         return self.summary
 
     # -- split: bytes -> blocks -> text chunks and raw runs
@@ -381,21 +442,83 @@ class StreamEncoder:
             self._end_text()
 
     def _end_text(self) -> None:
-        """The waiting text chunks, one group, coded into the span."""
+        """The waiting text chunks, one group, coded into each coding's span."""
         if not self._text:
             return
         group, self._text = self._text, []
-        if self.online is not None and self._span_mark is None:
-            self._span_mark = self.online.checkpoint()
-        records, stats = self._code_group(group)
-        self._add_to_span(records, stats, b"".join(raw for raw, _ in group))
+        for coding in self._codings:  # the online model's first: the model alone reuses its rows
+            coding.add_group(group)
+        self._settle(taken=sum(len(raw) for raw, _ in group))
 
     def _end_raw_run(self) -> None:
         """The raw run, after the span before it, as stored or xz chunks of at most a block."""
         if not self._raw_run:
             return
-        self._end_span()
         run, self._raw_run = bytes(self._raw_run), bytearray()
+        for coding in self._codings:
+            coding.add_raw_run(run)
+        self._settle(taken=len(run))
+
+    # -- choose: the online model or the model alone, once per stream
+
+    def _settle(self, taken: int = 0, final: bool = False) -> None:
+        """While the choice is open: write out what both codings wrote when it is the same, else
+        choose when the stream ends or a block of input has come in since that was last done."""
+        if len(self._codings) == 1:
+            return
+        self._alone_codes.clear()  # each group's rows are reused right away, or not at all
+        self._taken += taken
+        with_online, alone = (coding.destination for coding in self._codings)
+        if with_online.tell() == alone.tell() and with_online.getvalue() == alone.getvalue():
+            self.destination.write(with_online.getvalue())
+            self._flushed += with_online.tell()
+            self._taken_at_flush = self._taken
+            for output in (with_online, alone):
+                output.seek(0)
+                output.truncate()
+            if not final:
+                return
+        elif not final and self._taken - self._taken_at_flush < BLOCK_BYTES:
+            return
+        self._choice = OnlineChoice(self._taken, self._flushed + with_online.tell(), self._flushed + alone.tell())
+        chosen = self._codings[0 if self._choice.kept else 1]
+        self.destination.write(chosen.destination.getvalue())
+        chosen.destination, chosen.progress, chosen.alone_codes = self.destination, self.progress, None
+        self._codings, self._alone_codes = [chosen], None
+
+
+class _Coding:
+    """The encoder's stages after the split, for one way of coding the stream (the model with an
+    online model, or alone): code a group, choose model chunks, xz or stored, write."""
+
+    def __init__(self, destination: BinaryIO, model_settings: dict | None, online: OnlineModel | None, *, engine,
+                 xz_fallback: bool, progress: Callable[[int], None] | None = None, alone_codes: dict | None = None):
+        self.destination = destination
+        self.model_settings = model_settings  # the record's JSON until it is written
+        self.online = online
+        self.engine = engine
+        self.xz_fallback = xz_fallback  # off: every text chunk the model does not expand is model-coded
+        self.progress = progress
+        # While the encoder chooses: chunk tokens -> (payload, bits) under the model's rows alone. The
+        # coding with the online model fills it from the rows it computes anyway; the one without
+        # takes its payloads from it (an exact engine's rows do not depend on the batch), so the
+        # model runs once.
+        self.alone_codes = alone_codes
+        self.summary = Summary()  # what this coding wrote
+        self._span: list[tuple[list[ChunkRecord], Summary]] = []  # coded groups not yet written
+        self._span_raw = bytearray()  # the input bytes those groups cover
+        self._span_mark = None  # the online state before the span, if it becomes one xz chunk
+
+    def add_group(self, group: list[tuple[bytes, np.ndarray]]) -> None:
+        """A group of text chunks, coded into the span."""
+        if self.online is not None and self._span_mark is None:
+            self._span_mark = self.online.checkpoint()
+        records, stats = self._code_group(group)
+        self._add_to_span(records, stats, b"".join(raw for raw, _ in group))
+
+    def add_raw_run(self, run: bytes) -> None:
+        """A raw run, after the span before it, as stored or xz chunks of at most a block."""
+        self.end_span()
         for data in split_chunks(run, BLOCK_BYTES):
             self._write_group([_raw_chunk(data)])
 
@@ -434,20 +557,35 @@ class StreamEncoder:
         not expand it). The decoder batches only the model-coded chunks, and with an online model
         they form its units: they are coded again in that shape (with an online model, until none
         of them expands), the online state first rolled back to `mark`."""
-        coded = encode_chunks(self.engine, [tokens for _, tokens in group], self.online)
+        coded = self._encode([tokens for _, tokens in group])
         keep = [len(payload) < len(raw) for (raw, _), (payload, _, _) in zip(group, coded)]
         coded_together = [True] * len(group)
         while any(keep) and keep != coded_together and (self.online is not None or not self.engine.batch_invariant):
             if mark is not None:
                 self.online.rollback(mark)
             kept = [tokens for (_, tokens), k in zip(group, keep) if k]
-            recoded = iter(encode_chunks(self.engine, kept, self.online))
+            recoded = iter(self._encode(kept))
             coded = [next(recoded) if k else result for result, k in zip(coded, keep)]
             coded_together = keep
             if self.online is None:
                 break
             keep = [k and len(payload) < len(raw) for (raw, _), (payload, _, _), k in zip(group, coded, keep)]
         return coded, keep
+
+    def _encode(self, token_lists: list[np.ndarray]) -> list[tuple[bytes, float, float]]:
+        """encode_chunks, sharing the model's rows through `alone_codes` while the encoder chooses."""
+        if self.alone_codes is None:
+            return encode_chunks(self.engine, token_lists, self.online)
+        if self.online is not None:
+            alone_payloads: list[bytes] = []
+            coded = encode_chunks(self.engine, token_lists, self.online, None, alone_payloads)
+            for tokens, payload, (_, _, alone_bits) in zip(token_lists, alone_payloads, coded):
+                self.alone_codes[tokens.tobytes()] = (payload, alone_bits)
+            return coded
+        known = [self.alone_codes.get(tokens.tobytes()) for tokens in token_lists]
+        missing = [tokens for tokens, code in zip(token_lists, known) if code is None]
+        fresh = iter(encode_chunks(self.engine, missing) if missing else [])
+        return [next(fresh) if code is None else (code[0], code[1], code[1]) for code in known]
 
     # -- choose: model chunks, xz or stored
 
@@ -494,9 +632,9 @@ class StreamEncoder:
         if self.progress is not None:
             self.progress(len(raw))
         if len(self._span_raw) >= BLOCK_BYTES:
-            self._end_span()
+            self.end_span()
 
-    def _end_span(self) -> None:
+    def end_span(self) -> None:
         """Write the span's groups, or one xz chunk in their place when that is smaller."""
         if not self._span:
             return
