@@ -816,7 +816,7 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
 static void to_doubles(const int16_t *rows, const int32_t *exponents, Py_ssize_t begin, Py_ssize_t end,
                        Py_ssize_t D, double *out) {
     for (Py_ssize_t j = begin; j < end; j++)
-        for (Py_ssize_t d = 0; d < D; d++) out[j * D + d] = (double)((int64_t)rows[j * D + d] << exponents[j]);
+        for (Py_ssize_t d = 0; d < D; d++) out[j * D + d] = (double)((int64_t)rows[j * D + d] * ((int64_t)1 << exponents[j]));
 }
 
 static void attend_row(const AttentionTask *task, Py_ssize_t item, const double *keys, const double *values,
