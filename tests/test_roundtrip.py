@@ -149,3 +149,21 @@ def test_text_that_repeats_beyond_a_group_becomes_one_xz_chunk(tiny_model):
     assert llmzip.info(packed).chunks == {"model": 0, "stored": 0, "xz": 1}
     assert len(packed) < len(modelled) and len(packed) < len(data) // 3
     assert llmzip.decompress(packed, model=tiny_model) == data
+
+
+def test_a_group_of_model_chunks_pays_for_its_chunk_table():
+    """The choice between a group's model chunks and one xz chunk counts the bytes each writes,
+    chunk table included: ten 4-byte payloads (40 bytes, each with a table entry) lose to one
+    60-byte xz chunk."""
+    from types import SimpleNamespace
+
+    from llmzip import container, stream
+
+    raw = b"x" * 40
+    chunks = [container.ChunkRecord(container.CHUNK_MODEL, len(raw), 12, 0, b"\0" * 4) for _ in range(10)]
+    xz = container.ChunkRecord(container.CHUNK_XZ, 10 * len(raw), 0, 0, b"\0" * 60)
+    coding = SimpleNamespace(_model_record_due=lambda: False)
+    assert sum(len(chunk.payload) for chunk in chunks) < len(xz.payload)
+    assert container.group_size(chunks) > container.group_size([xz])
+    assert not stream._Coding._model_wins(coding, chunks, xz)
+    assert stream._Coding._model_wins(coding, chunks[:1], xz)

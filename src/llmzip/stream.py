@@ -534,10 +534,6 @@ class _Coding:
             return [xz], Summary()
         mark = self.online.checkpoint() if self.online is not None else None
         coded, keep = self._model_code(group, mark)
-        if not self._model_wins(group, coded, keep, xz):
-            if mark is not None:
-                self.online.rollback(mark)
-            return [xz or _raw_chunk(group_bytes)], Summary()
         stats = Summary()
         records = []
         for (raw, tokens), (payload, bits, alone_bits), model_coded in zip(group, coded, keep):
@@ -550,6 +546,10 @@ class _Coding:
                 stats.tokens += len(tokens)
             else:
                 records.append(_raw_chunk(raw))
+        if not self._model_wins(records, xz):
+            if mark is not None:
+                self.online.rollback(mark)
+            return [xz or _raw_chunk(group_bytes)], Summary()
         return records, stats
 
     def _model_code(self, group: list[tuple[bytes, np.ndarray]], mark) -> tuple[list, list[bool]]:
@@ -589,22 +589,23 @@ class _Coding:
 
     # -- choose: model chunks, xz or stored
 
-    def _model_wins(self, group: list[tuple[bytes, np.ndarray]], coded: list, keep: list[bool],
-                    xz: ChunkRecord | None) -> bool:
-        """Whether the group is written as coded (model chunks, the rest raw) rather than as one xz chunk."""
-        if not any(keep):
+    def _model_wins(self, records: list[ChunkRecord], xz: ChunkRecord | None) -> bool:
+        """Whether the group is written as coded (model chunks, the rest raw) rather than as one xz
+        chunk: the bytes each writes, the chunk table included."""
+        if not any(record.kind == CHUNK_MODEL for record in records):
             return False
         if xz is None:
             return True
-        model_size = sum(len(payload) for (payload, _, _), k in zip(coded, keep) if k)
+        model_size = container.group_size(records)
         if self._model_record_due():  # the first model-coded group also pays for the model record
             model_size += container.model_record_size(self.model_settings)
         # xz wins on repetitive text that the chunk-by-chunk model cannot see as such
-        return len(xz.payload) > model_size + sum(len(raw) for (raw, _), k in zip(group, keep) if not k)
+        return container.group_size([xz]) > model_size
 
     def _least_model_size(self, group: list[tuple[bytes, np.ndarray]]) -> int:
-        """A lower bound of what _model_wins charges the model for this group in its comparison: each
-        chunk costs at least one 32-bit word of range-coder payload, or its raw bytes if fewer."""
+        """A lower bound of the payload bytes _model_wins charges the model for this group (its chunk
+        table aside): each chunk costs at least one 32-bit word of range-coder payload, or its raw
+        bytes if fewer."""
         least = sum(min(MIN_MODEL_PAYLOAD, len(raw)) for raw, _ in group)
         if self._model_record_due():
             least += container.model_record_size(self.model_settings)
