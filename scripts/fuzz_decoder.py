@@ -281,17 +281,19 @@ def install_memo() -> tuple[dict, Callable[[], None]]:
             mark = online.checkpoint()  # opens the log of table writes
             decoded = [tokens.copy() for tokens in originals[1](engine, records, online)]
             tables = {id(table): index for index, table in enumerate(online.tables)}
-            writes = [(tables[id(table)], slot, table[slot]) for table, slot, _ in online._undo[mark[1]:]]
+            writes = array("q")  # (table, slot, value) triples, flat: the memo holds thousands of these
+            for table, slot, _ in online._undo[mark[1]:]:
+                writes.extend((tables[id(table)], slot, table[slot]))
             online.commit()
             return decoded, (array(online.tokens.typecode, online.tokens), online.unknown, writes,
-                             list(online.hits), list(online.trials))
+                             array("q", online.hits), array("q", online.trials))
 
         hit = key in memo
         decoded, (tokens, unknown, writes, hits, trials) = remember(key, compute)
         if hit:  # the unit's effect on the online model, without the model
             online.tokens, online.unknown = array(tokens.typecode, tokens), unknown
-            for index, slot, value in writes:
-                online.tables[index][slot] = value
+            for at in range(0, len(writes), 3):
+                online.tables[writes[at]][writes[at + 1]] = writes[at + 2]
             online.hits, online.trials = list(hits), list(trials)
             online.end_unit()
         online.memo_chain = hash(key)
