@@ -404,7 +404,6 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     Buffers buffers = {.count = 0};
     LinearTask task = {.T = T, .K = K, .R = R, .signed_codes = signed_codes, .accumulate = accumulate, .plain = plain};
     Py_ssize_t blocks = K / BLOCK;
-    (void)blocks;
     if (!(task.x = take(&buffers, x_object, 2, T * K, 0, "x")) ||
         !(task.x_exponent = take(&buffers, x_exponent_object, 4, T, 0, "x_exponent")) ||
         !(task.codes = take(&buffers, codes_object, 1, R / ROWS_PER_GROUP * (K / BLOCK) * code_bytes(signed_codes), 0,
