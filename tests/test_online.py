@@ -140,7 +140,7 @@ def test_decoder_refuses_online_settings_it_does_not_have():
         online.check_settings({**_settings(), "match_orders": [3]})
     with pytest.raises(FormatError):
         online.check_settings({"version": online.ONLINE_VERSION, "unit_chunks": 0})
-    assert online.unit_sizes(10, 4) == [4, 4, 2]
+    assert [len(unit) for unit in stream.split_groups(list(range(10)), 4)] == [4, 4, 2]  # how units are cut
 
 
 TEXT = (b"<record id='%d'><author>Ada Lovelace</author><title>Notes on the Analytical Engine</title>"

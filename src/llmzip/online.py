@@ -67,11 +67,6 @@ def check_settings(settings) -> int:
     return unit_chunks
 
 
-def unit_sizes(count: int, unit_chunks: int) -> list[int]:
-    """How a group's `count` model chunks are cut into units, in order."""
-    return [min(unit_chunks, count - start) for start in range(0, count, unit_chunks)]
-
-
 # -- integer log-odds -----------------------------------------------------------------------------
 
 def _log2_table(bits: int = 10) -> list[int]:
