@@ -955,44 +955,6 @@ static int run_attention(AttentionTask task, int threads) {
     return run_parallel(attention_worker, tasks, sizeof(AttentionTask), threads) ? -1 : 0;
 }
 
-static PyObject *attention(PyObject *self, PyObject *args) {
-    PyObject *q_object, *k_object, *v_object, *out_object, *multiplier_object, *shift_object, *table_object;
-    PyObject *k_exponent_object, *v_exponent_object;
-    Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
-    int threads, plain;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOnnnnnnnnip", &q_object, &k_object, &k_exponent_object, &v_object,
-                          &v_exponent_object, &out_object, &multiplier_object, &shift_object, &table_object, &B, &H,
-                          &Rq, &Tq, &Tk, &capacity, &D, &table_length, &threads, &plain))
-        return NULL;
-    if (B < 0 || H <= 0 || Tq <= 0 || Rq % Tq || Tk < Tq || capacity < Tk || D <= 0 || table_length <= 0) {
-        PyErr_SetString(PyExc_ValueError, "inconsistent attention shapes");
-        return NULL;
-    }
-    Buffers buffers = {.count = 0};
-    AttentionTask task = {.B = B, .H = H, .Rq = Rq, .Tq = Tq, .Tk = Tk, .capacity = capacity, .D = D,
-                          .table_length = table_length, .plain = plain};
-    if (!(task.q = take(&buffers, q_object, 8, B * H * Rq * D, 0, "q")) ||
-        !(task.k = take(&buffers, k_object, 2, B * H * capacity * D, 0, "k")) ||
-        !(task.k_exponent = take(&buffers, k_exponent_object, 4, B * H * capacity, 0, "k_exponent")) ||
-        !(task.v = take(&buffers, v_object, 2, B * H * capacity * D, 0, "v")) ||
-        !(task.v_exponent = take(&buffers, v_exponent_object, 4, B * H * capacity, 0, "v_exponent")) ||
-        !(task.out = take(&buffers, out_object, 8, B * H * Rq * D, 1, "out")) ||
-        !(task.multiplier = take(&buffers, multiplier_object, 8, H, 0, "multiplier")) ||
-        !(task.shift = take(&buffers, shift_object, 8, H, 0, "shift")) ||
-        !(task.table = take(&buffers, table_object, 8, table_length, 0, "table"))) {
-        release(&buffers);
-        return NULL;
-    }
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    failed = run_attention(task, threads);
-    Py_END_ALLOW_THREADS
-    release(&buffers);
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
-
-
 /* Rotary positions in place, GGUF layout: in each head of `width` entries (starting at column
  * `begin` of rows of `columns`), the pair (2i, 2i + 1) turns by the angle of frequency i at the row's
  * position: round((a cos - b sin) / 2**bits), round((b cos + a sin) / 2**bits). Row n of the T rows
@@ -1368,9 +1330,6 @@ static PyMethodDef methods[] = {
     {"rms_norm", rms_norm, METH_VARARGS,
      "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent)"},
     {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent)"},
-    {"attention", attention, METH_VARARGS,
-     "attention(q, k, k_exponent, v, v_exponent, out, multiplier, shift, table, B, H, Rq, Tq, Tk, capacity, D, "
-     "table_length, threads, plain)"},
     {"rotate", rotate, METH_VARARGS,
      "rotate(x, cos, sin, N, columns, begin, heads, width, T, start, table_rows, bits): rotary positions in place"},
     {"swiglu", swiglu, METH_VARARGS,

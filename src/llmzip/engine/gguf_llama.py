@@ -573,7 +573,8 @@ class _Block:
 
     def _attend(self, q, k, v, products, tables, keys, values, allowed):
         """Causal attention over the keys so far, keys and values as int16 rows with exponents (the cache's
-        form, also in a full pass, so both see the same integers)."""
+        form, also in a full pass, so both see the same integers): the torch path; the compiled one is
+        inside `block`."""
         B, Hkv, rows, D = q.shape
         T = k.shape[2]
         if keys is None:  # a full pass: the whole sequence as one temporary cache
@@ -581,17 +582,10 @@ class _Block:
         keys.append(k)
         values.append(v)
         seen = keys.position + T
-        if not products.compiled:
-            group = rows // T
-            mask = None if allowed is None else allowed.repeat(group, 1)
-            return integer_attention(q, keys.values(seen), values.values(seen), self.score_scale, tables.attention,
-                                     mask, ROTATED_BOUND, VALUE_LIMIT)
-        out = torch.empty(B, Hkv, rows, D, dtype=torch.int64)
-        _quantized.attention(q.contiguous().numpy(), keys.rows.numpy(), keys.exponents.numpy(), values.rows.numpy(),
-                             values.exponents.numpy(), out.numpy(), self.score_multiplier, self.score_shift,
-                             tables.attention_array, B, Hkv, rows, T, seen, keys.rows.shape[2], D,
-                             len(tables.attention_array), products.threads, products.plain)
-        return out
+        group = rows // T
+        mask = None if allowed is None else allowed.repeat(group, 1)
+        return integer_attention(q, keys.values(seen), values.values(seen), self.score_scale, tables.attention,
+                                 mask, ROTATED_BOUND, VALUE_LIMIT)
 
     def kernel_arguments(self, tables) -> tuple:
         """This block's constants as the compiled `block` takes them (built once)."""
