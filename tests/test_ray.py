@@ -239,6 +239,37 @@ def test_a_worker_killed_while_compressing_is_survived(address, tmp_path):
         assert Path(f"{path}.llmz").read_bytes() == api.compress(path.read_bytes(), level=1)
 
 
+def test_one_file_has_its_chunks_spread_and_survives_a_killed_worker(address, tmp_path):
+    path = tmp_path / "one.txt"
+    # English the fast level's model codes better than xz does (the word salad of prose() is not).
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    path.write_bytes(b"".join(page.read_bytes() for page in sorted(docs.glob("*.md")))[:30000])
+    killed = []
+    killer = kill_one_worker_mid_task("_full_pass_task", killed)
+    try:
+        assert main(["--ray", address, "-1", "-q", "-k", str(path)]) == 0
+    finally:
+        killed.append(None)
+        killer.join()
+    assert killed[0] is not None, "no chunk task was killed: the test proved nothing"
+    packed = Path(f"{path}.llmz").read_bytes()
+    assert packed == api.compress(path.read_bytes(), level=1)
+    assert api.info(packed).model_settings["online"] and api.info(packed).chunks["model"] > 2
+
+
+def test_spread_chunks_give_the_local_rows(address, tiny_model):
+    compressor = api.Compressor(model=tiny_model, threads=1)
+    token_lists = [compressor.model.tokenizer.tokenize(prose(size, 41 + size)) for size in (900, 0, 400, 700)]
+    token_lists = [tokens[: compressor.chunk_tokens] for tokens in token_lists]
+    local = list(compressor.engine.sequence_pieces(token_lists))
+    with cluster.session(address) as connection:
+        spread = list(cluster.ChunkEngine(connection, compressor).sequence_pieces(token_lists))
+    assert sorted((index, start) for index, start, _ in spread) == sorted((index, start) for index, start, _ in local)
+    spread_rows = {(index, start): rows for index, start, rows in spread}
+    for index, start, rows in local:
+        assert spread_rows[index, start].dtype == rows.dtype and (spread_rows[index, start] == rows).all()
+
+
 def test_without_an_address_a_local_cluster_is_started(tmp_path):
     (tmp_path / "a.txt").write_bytes(prose(2000, 30))
     environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}

@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-T", "--threads", type=_positive, metavar="N", help="CPU threads for inference")
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                         help="code each file as a task on the Ray cluster at ADDRESS (host:port), or on a local "
-                             "cluster when none is given; outputs are the bytes a local run writes "
-                             "(pip install 'llmzip[ray]')")
+                             "cluster when none is given; a single file to compress has its chunks spread instead; "
+                             "outputs are the bytes a local run writes (pip install 'llmzip[ray]')")
     levels = parser.add_argument_group("compression levels", _levels_help())
     for level in range(1, 10):
         levels.add_argument(f"-{level}", dest="level", action="store_const", const=level, help=argparse.SUPPRESS)
@@ -429,17 +429,24 @@ class Runner:
                 print(f"{'':>2}{_learning_line(summary)}", file=sys.stderr)
 
     def run_on_ray(self, files: list[str]) -> int:
-        """Each file coded by one Ray task (see cluster.py); outputs are written here, in input order,
-        through the same checks and publishing as a local run, so a cancelled run leaves none half-written."""
+        """Each file coded by one Ray task, or one file compressed here with its chunks' full passes
+        as Ray tasks (see cluster.py); outputs are written here, in input order, through the same
+        checks and publishing as a local run, so a cancelled run leaves none half-written."""
         from . import cluster
 
         args = self.args
         if "-" in files:
             raise UsageError("--ray takes named files, not standard input")
         args.threads = args.threads or 1  # each task's CPUs; the driver's compressor records the same
+        gpu = (args.device or "").startswith("cuda")
         try:
             with cluster.session(args.ray or None) as ray:
-                tasks = cluster.FileTasks(ray, threads=args.threads, gpu=(args.device or "").startswith("cuda"))
+                if args.mode == "compress" and len(files) == 1 and self.compressor.engine.batch_invariant:
+                    with cluster.chunks_on(ray, self.compressor, threads=args.threads, gpu=gpu):
+                        with self._report_errors(files[0]):
+                            self.convert_file(files[0])
+                    return 1 if self.failures else 0
+                tasks = cluster.FileTasks(ray, threads=args.threads, gpu=gpu)
                 if args.mode == "compress":  # loaded here for the settings every worker's model must match
                     settings = self.compressor.model_settings()
                 submitted = []

@@ -3,12 +3,17 @@
 What is spread over the cluster, and what is not:
 - bench: every (file shard x compressor) measurement is one Ray task; shards of one file run in
   parallel (`--shard-bytes`, the same cut as a local run);
-- compression, decompression and `-t`: every file is one Ray task, coded by the same Compressor
-  or Decompressor code as a local run, so each output is byte for byte the local one. The chunks
-  of one file are coded in one task, one after another: the encoder's choices (groups, the xz
-  fallback over 1 MiB spans, the model record before the first model chunk) and the online
-  model's state (learnt from every earlier unit of the file, in the encoder and the decoder alike)
-  depend on what came before in the file, so a file is never cut across tasks.
+- compression of several files, decompression and `-t`: every file is one Ray task, coded by
+  the same Compressor or Decompressor code as a local run, so each output is byte for byte the
+  local one;
+- compression of one file: the model's full passes, one Ray task per chunk (`ChunkEngine`), while
+  the driver runs the rest of the encoder as a local run does — the encoder's choices (groups,
+  the xz fallback over 1 MiB spans, the model record before the first model chunk) and the online
+  model (learnt from every earlier unit of the file) depend on what came before in the file, but
+  a chunk's rows depend on its own tokens alone, and an exact engine computes the same integers
+  on every node. The output is again byte for byte the local one.
+
+A file is never decoded across tasks: a decoding step needs the tokens the step before decoded.
 
 Models reach the workers through each node's own install (a built-in name, `smollm2` from its
 package, or a path that holds the same model on every node), loaded once per worker process and
@@ -31,6 +36,8 @@ import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from .errors import LLMZipError, ModelError
 
@@ -233,6 +240,63 @@ class FileTasks:
         cancel(self.ray, refs)
 
 
+class ChunkEngine:
+    """The driver's exact engine with its full passes run as Ray tasks, one per chunk; everything
+    else (the settings, sessions, caches) is the local engine's. The encoder takes each chunk's rows
+    as they arrive, as it takes a local full pass's, so its output does not change."""
+
+    def __init__(self, ray, compressor, *, threads: int = 1, gpu: bool = False):
+        check_resources(ray, cpus=threads, gpus=1 if gpu else 0)
+        self.ray, self.local, self.threads = ray, compressor.engine, threads
+        self._options = dataclasses.asdict(compressor.options) | {"model": portable_model(compressor.options.model)}
+        self._settings = compressor.model_settings()
+        options = dict(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=MAX_RETRIES)
+        self._task = ray.remote(_full_pass_task).options(**options)
+        slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1) // (1 if gpu else threads))
+        # One task more than the cluster runs at once keeps every worker busy while the driver codes;
+        # no more, since each finished task holds its chunk's rows in the object store.
+        self.window = max(1, slots) + 1
+        # A worker without the driver's model is refused now, with one line, not after the first group.
+        result(ray, ray.remote(_check_task).options(**options).remote(self._options, self._settings, threads))
+
+    def __getattr__(self, name: str):
+        return getattr(self.local, name)
+
+    def sequence_pieces(self, token_lists: list[np.ndarray]):
+        """(sequence, start, rows) as the local engine yields them; each sequence's rows computed by one task."""
+        from .engine.exact import HEAD_ROWS_PER_PASS
+
+        jobs = [(index, np.asarray(tokens, dtype=np.int64)) for index, tokens in enumerate(token_lists)
+                if len(tokens)]
+        in_flight: list[tuple[int, object]] = []
+        try:
+            while jobs or in_flight:
+                while jobs and len(in_flight) < self.window:
+                    index, tokens = jobs.pop(0)
+                    in_flight.append((index, self._task.remote(self._options, self._settings, tokens, self.threads)))
+                index, ref = in_flight.pop(0)
+                rows = result(self.ray, ref)
+                for start in range(0, len(rows), HEAD_ROWS_PER_PASS):
+                    yield index, start, rows[start : start + HEAD_ROWS_PER_PASS].astype(np.int64)
+                del rows
+        finally:
+            cancel(self.ray, [ref for _, ref in in_flight])  # the caller stopped early: Ctrl-C, an error
+
+    def sequence_weights(self, token_lists: list[np.ndarray]) -> list[np.ndarray]:
+        return type(self.local).sequence_weights(self, token_lists)
+
+
+@contextmanager
+def chunks_on(ray, compressor, *, threads: int = 1, gpu: bool = False):
+    """`compressor` with its full passes spread over the cluster (ChunkEngine) while inside."""
+    local = compressor.engine
+    compressor.engine = ChunkEngine(ray, compressor, threads=threads, gpu=gpu)
+    try:
+        yield compressor
+    finally:
+        compressor.engine = local
+
+
 # -- on the workers -----------------------------------------------------------------------------
 
 _built: dict[str, object] = {}  # per worker process: compressors with their loaded models, for the next task
@@ -282,14 +346,9 @@ def _measure_task(spec: dict, identity: dict, data: bytes, repeat: int, threads:
     return bench.measure(codec, data, repeat), codec.device
 
 
-def _compress_task(options: dict, model_settings: dict, data: bytes, threads: int) -> bytes:
-    from .api import Compressor, write_empty_stream
-
-    _prepare(threads)
-    output = io.BytesIO()
-    if not data:  # as the command line does: an empty input needs no model
-        write_empty_stream(output, content_size=0)
-        return output.getvalue()
+def _compressor(options: dict, model_settings: dict):
+    """This worker's Compressor for the driver's options, refused unless its model record is the driver's."""
+    from .api import Compressor
 
     def build():
         compressor = Compressor(**options)
@@ -297,9 +356,35 @@ def _compress_task(options: dict, model_settings: dict, data: bytes, threads: in
             raise WorkerModelError(_difference(compressor.model.name, compressor.model_settings(), model_settings))
         return compressor
 
-    compressor = _built_once(["compressor", options, model_settings], build)
-    compressor.copy_stream(io.BytesIO(data), output, content_size=len(data))
+    return _built_once(["compressor", options, model_settings], build)
+
+
+def _compress_task(options: dict, model_settings: dict, data: bytes, threads: int) -> bytes:
+    from .api import write_empty_stream
+
+    _prepare(threads)
+    output = io.BytesIO()
+    if not data:  # as the command line does: an empty input needs no model
+        write_empty_stream(output, content_size=0)
+        return output.getvalue()
+    _compressor(options, model_settings).copy_stream(io.BytesIO(data), output, content_size=len(data))
     return output.getvalue()
+
+
+def _check_task(options: dict, model_settings: dict, threads: int) -> None:
+    _prepare(threads)
+    _compressor(options, model_settings)
+
+
+def _full_pass_task(options: dict, model_settings: dict, tokens: np.ndarray, threads: int) -> np.ndarray:
+    """One chunk's rows: int32, half the bytes through the object store (an exact engine's entries
+    are positive and sum to 2**30, so each fits)."""
+    _prepare(threads)
+    engine = _compressor(options, model_settings).engine
+    rows = np.empty((len(tokens), engine.vocab_size), dtype=np.int32)
+    for _, start, piece in engine.sequence_pieces([tokens]):
+        rows[start : start + len(piece)] = piece
+    return rows
 
 
 def _decompress_task(options: dict, data: bytes, threads: int, test: bool):
@@ -334,4 +419,5 @@ def _difference(name: str, worker: dict, driver: dict) -> str:
             "use the same llmzip version and device on every node")
 
 
-__all__ = ["ClusterError", "FileTasks", "RayExecutor", "WorkerModelError", "import_ray", "session"]
+__all__ = ["ChunkEngine", "ClusterError", "FileTasks", "RayExecutor", "WorkerModelError", "chunks_on", "import_ray",
+           "session"]
