@@ -319,9 +319,36 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_output(address, tmp_path):
     assert process.returncode == 1
     assert error.decode().strip().splitlines()[-1] == "llmzip: interrupted"
     assert sorted(os.listdir(tmp_path)) == ["big0.txt", "big1.txt", "big2.txt"]  # no output, no partial file
+    wait_until_none_runs("_compress_task")
+
+
+def test_ctrl_c_while_one_file_is_spread_leaves_no_output(address, tmp_path):
+    path = tmp_path / "big.txt"
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    path.write_bytes(b"".join(page.read_bytes() for page in sorted(docs.glob("*.md"))) * 3)
+    process = subprocess.Popen([sys.executable, "-m", "llmzip.cli", "--ray", address, "-1", str(path)],
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ray_processes("_full_pass_task"):
+            assert process.poll() is None and time.monotonic() < deadline, "no chunk task started"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        _, error = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1
+    assert error.decode().strip().splitlines()[-1] == "llmzip: interrupted"
+    assert os.listdir(tmp_path) == ["big.txt"]  # no output, no partial file, the input kept
+    wait_until_none_runs("_full_pass_task")
+
+
+def wait_until_none_runs(function: str) -> None:
     deadline = time.monotonic() + 30
-    while ray_processes("_compress_task"):  # the workers stop too
-        assert time.monotonic() < deadline, "compression tasks still run after Ctrl-C"
+    while ray_processes(function):  # the workers stop too
+        assert time.monotonic() < deadline, f"{function} tasks still run after Ctrl-C"
         time.sleep(0.1)
 
 
