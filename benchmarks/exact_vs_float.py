@@ -2,12 +2,15 @@
 
     python benchmarks/exact_vs_float.py smollm2 ../shared/corpora/bench/canterbury/alice29.txt
     python benchmarks/exact_vs_float.py smollm2 FILE --max-bytes 200000 --chunk-tokens 1023
+    python benchmarks/exact_vs_float.py smollm2 FILE --engine-versions 1 2 --repeat 3
 
 The text is tokenised and cut into chunks as compression cuts them. For every chunk the exact
 engine's integer rows give the code length the range coder approaches (Σ −log2 of each token's
 share of its row, counted at the coder's 24-bit floor), and the float model (transformers,
 float32, the same weights) gives its ideal cross-entropy. Both are reported in bits per byte of
-the covered text, with their difference: the price of exactness.
+the covered text, with their difference: the price of exactness. With --engine-versions, every
+listed version of the GGUF exact engine is measured on the same chunks (one copy of the weights),
+its speed the fastest of --repeat full passes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from llmzip import coder, models
+from llmzip.bench import cpu_name
 
 
 def float_bits(model, chunks: list[np.ndarray], start_token: int) -> float:
@@ -47,24 +51,35 @@ def main(argv=None) -> int:
     parser.add_argument("file", type=Path)
     parser.add_argument("--max-bytes", type=int, help="only the first N bytes")
     parser.add_argument("--chunk-tokens", type=int, default=1023)
+    parser.add_argument("--engine-versions", type=int, nargs="+", help="GGUF exact engine versions (default: newest)")
+    parser.add_argument("--repeat", type=int, default=1, help="full passes per version; the fastest is reported")
+    parser.add_argument("--no-float", action="store_true", help="leave out float inference")
     args = parser.parse_args(argv)
     loaded = models.load_model(args.model)
     data = args.file.read_bytes()[: args.max_bytes]
     tokens = loaded.tokenizer.tokenize(data)
     chunks = [tokens[start : start + args.chunk_tokens] for start in range(0, len(tokens), args.chunk_tokens)]
-    began = time.perf_counter()
-    exact = exact_bits(loaded.engine(exact=True, device="cpu"), chunks)
-    exact_seconds = time.perf_counter() - began
-    began = time.perf_counter()
-    ideal = float_bits(loaded.float_backend().to("cpu").eval(), chunks, loaded.tokenizer.start_token)
-    float_seconds = time.perf_counter() - began
-    result = {
-        "file": args.file.name, "bytes": len(data), "tokens": len(tokens), "chunk_tokens": args.chunk_tokens,
-        "exact_bits_per_byte": exact / len(data), "float_bits_per_byte": ideal / len(data),
-        "difference_percent": 100 * (exact - ideal) / ideal,
-        "exact_positions_per_second": len(tokens) / exact_seconds,
-        "float_positions_per_second": len(tokens) / float_seconds,
-    }
+    result = {"file": args.file.name, "bytes": len(data), "tokens": len(tokens), "chunk_tokens": args.chunk_tokens,
+              "machine": cpu_name(), "threads": torch.get_num_threads()}
+    exact = {}
+    for version in args.engine_versions or [None]:
+        engine = loaded.engine(exact=True, device="cpu", version=version)
+        seconds = []
+        for _ in range(args.repeat):
+            began = time.perf_counter()
+            exact[version] = exact_bits(engine, chunks)
+            seconds.append(time.perf_counter() - began)
+        label = f"exact_v{engine.settings.get('version')}"
+        result[f"{label}_bits_per_byte"] = exact[version] / len(data)
+        result[f"{label}_positions_per_second"] = len(tokens) / min(seconds)
+    if not args.no_float:
+        began = time.perf_counter()
+        ideal = float_bits(loaded.float_backend().to("cpu").eval(), chunks, loaded.tokenizer.start_token)
+        result["float_bits_per_byte"] = ideal / len(data)
+        result["float_positions_per_second"] = len(tokens) / (time.perf_counter() - began)
+        for version, bits in exact.items():
+            label = f"exact_v{loaded.engine(exact=True, device='cpu', version=version).settings.get('version')}"
+            result[f"{label}_over_float_percent"] = 100 * (bits - ideal) / ideal
     print(json.dumps(result))
     return 0
 

@@ -16,19 +16,30 @@ pytestmark = pytest.mark.skipif(not gguf_llama.kernels_available(), reason="comp
 SEQUENCES = [np.array(s) for s in ([5, 90, 17, 200, 3, 3, 3, 41, 9], [7], list(range(40, 110)), [263] * 30)]
 
 
-def engine(path, **options):
-    return ExactGGUFLlamaEngine(GGUFLlama(path), start_token=0, **options)
-
-
 @pytest.fixture(scope="module", params=["Q4_1", "Q8_0", "Q4_0"])
 def model_file(request, tmp_path_factory):
     return str(make_gguf_llama(tmp_path_factory.mktemp("gguf") / f"m.{request.param}.gguf",
                                matrix_type=request.param, seed=hash(request.param) % 1000))
 
 
+@pytest.fixture(scope="module", params=gguf_llama.VERSIONS)
+def version(request):
+    return request.param
+
+
+def engine(path, **options):
+    return ExactGGUFLlamaEngine(GGUFLlama(path), start_token=0, **options)
+
+
 @pytest.fixture(scope="module")
-def compiled_rows(model_file):
-    return engine(model_file, threads=1).sequence_weights(SEQUENCES)
+def make_engine(version):
+    """Builds engines of the version under test."""
+    return lambda path, **options: engine(path, version=version, **options)
+
+
+@pytest.fixture(scope="module")
+def compiled_rows(model_file, make_engine):
+    return make_engine(model_file, threads=1).sequence_weights(SEQUENCES)
 
 
 def test_rows_are_integer_distributions(compiled_rows):
@@ -37,25 +48,25 @@ def test_rows_are_integer_distributions(compiled_rows):
         assert (rows.sum(axis=1) == 2**30).all() and (rows >= 0).all()
 
 
-def test_compiled_kernels_equal_the_torch_reference(model_file, compiled_rows):
-    reference = engine(model_file, reference=True).sequence_weights(SEQUENCES)
+def test_compiled_kernels_equal_the_torch_reference(model_file, make_engine, compiled_rows):
+    reference = make_engine(model_file, reference=True).sequence_weights(SEQUENCES)
     for compiled, expected in zip(compiled_rows, reference):
         assert np.array_equal(compiled, expected)
 
 
-def test_plain_c_equals_avx2(model_file, compiled_rows):
-    plain = engine(model_file, threads=2, plain=True).sequence_weights(SEQUENCES)
+def test_plain_c_equals_avx2(model_file, make_engine, compiled_rows):
+    plain = make_engine(model_file, threads=2, plain=True).sequence_weights(SEQUENCES)
     for rows, expected in zip(plain, compiled_rows):
         assert np.array_equal(rows, expected)
 
 
-def test_thread_counts_agree(model_file, compiled_rows):
-    for rows, expected in zip(engine(model_file, threads=3).sequence_weights(SEQUENCES), compiled_rows):
+def test_thread_counts_agree(model_file, make_engine, compiled_rows):
+    for rows, expected in zip(make_engine(model_file, threads=3).sequence_weights(SEQUENCES), compiled_rows):
         assert np.array_equal(rows, expected)
 
 
-def test_incremental_equals_full_pass_and_batch_neighbours_do_not_matter(model_file, compiled_rows):
-    exact = engine(model_file, threads=2)
+def test_incremental_equals_full_pass_and_batch_neighbours_do_not_matter(model_file, make_engine, compiled_rows):
+    exact = make_engine(model_file, threads=2)
     longest = max(len(tokens) for tokens in SEQUENCES)
     session = exact.start(len(SEQUENCES))
     feed = np.zeros(len(SEQUENCES), dtype=np.int64)
@@ -81,24 +92,54 @@ def random_matrix(rng, rows, inputs, kind):
     return QuantisedMatrix.from_gguf(kind, raw, rows, inputs), weight
 
 
+def extreme_rows(rng, rows, inputs):
+    """int16 rows with whole rows and single blocks at the ends of the range, and small blocks."""
+    x = torch.from_numpy(rng.integers(-32767, 32768, (rows, inputs)).astype(np.int16))
+    x[0] = 32767
+    x[1] = -32767
+    x[2] = 0
+    x[3, :32] = -32768
+    x[4] = torch.from_numpy(rng.integers(-3, 4, inputs).astype(np.int16))  # multipliers of 1
+    x[5, 32:64] = 127 * 258 + 1  # the largest multiplier
+    x[6, :32] = torch.arange(-16, 16, dtype=torch.int16) * 2047
+    return x
+
+
+@pytest.mark.parametrize("int8_inputs", [False, True])
 @pytest.mark.parametrize("kind", ["Q4_1", "Q8_0", "Q4_0"])
-def test_product_kernel_equals_reference_on_extreme_inputs(kind):
+def test_product_kernel_equals_reference_on_extreme_inputs(kind, int8_inputs):
     rng = np.random.default_rng(7)
     matrix, _ = random_matrix(rng, 24, 96, kind)
     matrix.output_shift = rng.integers(-20, 30, 24).astype(np.int32)
     matrix.limits = np.full(24, 2**40, dtype=np.int64)
-    x = torch.from_numpy(rng.integers(-32767, 32768, (9, 96)).astype(np.int16))
-    x[0] = 32767
-    x[1] = -32767
-    x[2] = 0
+    x = extreme_rows(rng, 9, 96)
     exponent = torch.from_numpy(rng.integers(-30, 10, 9).astype(np.int32))
-    expected = _Products(compiled=False, threads=1).linear(matrix, x, exponent)
+    expected = _Products(False, 1, int8_inputs=int8_inputs).linear(matrix, x, exponent)
     for plain in (False, True):
         for threads in (1, 2):
-            assert torch.equal(_Products(True, threads, plain).linear(matrix, x, exponent), expected)
+            assert torch.equal(_Products(True, threads, plain, int8_inputs).linear(matrix, x, exponent), expected)
+    for tokens in (1, 2, 3, 5, 8):  # every tile width of the kernel, and a remainder
+        assert torch.equal(_Products(True, 1, False, int8_inputs).linear(matrix, x[:tokens], exponent[:tokens]),
+                           expected[:tokens])
     accumulated = torch.full_like(expected, 5)
-    _Products(True, 2).linear(matrix, x, exponent, accumulate_into=accumulated)
+    _Products(True, 2, int8_inputs=int8_inputs).linear(matrix, x, exponent, accumulate_into=accumulated)
     assert torch.equal(accumulated, expected + 5)
+
+
+def test_int8_blocks_round_each_block_to_a_multiple_of_its_multiplier():
+    """Version 2's input rounding: c * q with |q| <= 127, c = min(ceil(peak / 127), 258), nearest (half up)."""
+    rng = np.random.default_rng(11)
+    x = extreme_rows(rng, 12, 128)
+    rounded = gguf_llama._int8_blocks(x).view(12, 4, 32)
+    blocks = x.to(torch.int64).view(12, 4, 32)
+    c = ((blocks.abs().amax(-1, keepdim=True) + 126) // 127).clamp(max=258)
+    q = rounded // c.clamp(min=1)
+    assert torch.equal(q * c, rounded) and int(q.abs().max()) <= 127 and int(rounded.abs().max()) <= 32767
+    assert bool(((2 * (rounded - blocks)).abs() <= c).all())  # nearest multiple of c
+    ties = ((2 * (blocks - rounded)).abs() == c) & (c > 0)
+    assert bool(ties.any()) and bool(((rounded - blocks)[ties] > 0).all())  # ties round up
+    assert torch.equal(rounded[2], torch.zeros_like(rounded[2]))
+    assert torch.equal(rounded[4], blocks[4])  # multipliers of 1 keep small blocks as they are
 
 
 @pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
@@ -188,3 +229,16 @@ def test_decoder_cuts_a_group_to_the_cache_budget(gguf_llama, monkeypatch):
                         lambda self, batch_size: batches.append(batch_size) or start(self, batch_size))
     assert llmzip.decompress(packed, model=gguf_llama) == data
     assert max(batches) <= 3 < sum(batches)  # without the cut, a group of 8 would decode at once
+
+
+def test_engine_versions_differ_only_where_inputs_are_rounded(model_file):
+    """Version 2 rounds the inputs of 4-bit products: other rows than version 1 there, the same rows
+    for a model of Q8_0 matrices; `with_version` shares the weights and gives the version's rows."""
+    first, second = (engine(model_file, threads=1, version=v) for v in (1, 2))
+    rows = [e.sequence_weights(SEQUENCES[:1])[0] for e in (first, second)]
+    assert np.array_equal(rows[0], rows[1]) == model_file.endswith(".Q8_0.gguf")
+    assert first.settings == {**second.settings, "version": 1}
+    switched = second.with_version(1)
+    assert switched.settings == first.settings and switched.blocks is second.blocks
+    assert np.array_equal(switched.sequence_weights(SEQUENCES[:1])[0], rows[0])
+    assert np.array_equal(second.sequence_weights(SEQUENCES[:1])[0], rows[1])

@@ -68,3 +68,16 @@ def test_default_level_is_smollm2_and_decodes_across_thread_counts():
             assert llmzip.decompress(packed[3 - decode_threads]) == text
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_golden_files_of_each_engine_version_decode(version):
+    """Files of every GGUF engine version decode forever; the newest is what llmzip writes today."""
+    golden = Path(__file__).resolve().parent / "golden"
+    packed = (golden / f"smollm2.engine{version}.llmz").read_bytes()
+    data = (golden / "text.bin").read_bytes()
+    assert llmzip.info(packed).model_settings["engine"]["version"] == version
+    assert llmzip.decompress(packed) == data
+    if version == 2:
+        assert llmzip.compress(data, model="smollm2", xz_fallback=False) == packed, (
+            "the default model's bitstream changed: an engine change needs a new engine version")

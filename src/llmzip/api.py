@@ -183,7 +183,8 @@ class Decompressor:
             raise CorruptError("the model record is damaged (chunks longer than the model's context)")
         settings = record.engine
         if settings.get("kind") == "exact":
-            engine = model.engine(exact=True, device=self.device or _default_device())
+            version = settings.get("version") if type(settings.get("version")) is int else None
+            engine = model.engine(exact=True, device=self.device or _default_device(), version=version)
             if engine.settings != settings:
                 raise EngineMismatchError(
                     f"the file was made with exact engine settings {settings}, this llmzip has {engine.settings}; "

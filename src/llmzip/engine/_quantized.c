@@ -8,14 +8,20 @@
  * Weights are GGUF Q4_1 or Q8_0 blocks of 32, re-laid out once at load time:
  *   codes   int8 (Q8_0) [R/8][K/32][16][8][2]: for each group of 8 output rows and each block,
  *           16 pairs of consecutive inputs, the 8 rows' pair side by side;
- *           4-bit (Q4_1, Q4_0: 0..15) [R/8][K/32][8][8][2], two codes a byte: the byte of pair p
- *           holds pair p in its low nibble and pair p + 8 in its high nibble (half the memory
- *           traffic of bytes, which is what a decoding step with few chunks waits for);
+ *           4-bit (Q4_1, Q4_0: 0..15) [R/8][K/32][4][8][4], two codes a byte: step s holds each
+ *           of the 8 rows' inputs 4s .. 4s + 3 in the low nibbles and 16 + 4s .. 16 + 4s + 3 in
+ *           the high ones (half the memory traffic of bytes, which is what a decoding step with
+ *           few chunks waits for; a step is one vpmaddubsw operand);
  *   scales  int32 [R/8][K/32][8]: the block scale d as an integer, d = scale * 2**row_exponent;
  *   minimums int32 [R/8][K/32][8] (Q4_1 only): the block minimum m, same exponent.
  * A row's dot product with an int16 input row x is then exactly
  *   sum_b scale_b * (sum_j code_bj * x_bj) + minimum_b * (sum_j x_bj)
  * (block sums fit int32: |code| <= 128, |x| <= 32767; totals fit int64, checked at load time).
+ *
+ * Int8 input blocks (engine version 2, 4-bit matrices only): each block of 32 inputs is first
+ * rounded to c * q with q in [-127, 127] and one integer c <= 258 per block (int8_blocks), and
+ * the product is the same sum on x' = c * q, computed as c * sum_j code_bj * q_bj: vpmaddubsw
+ * multiplies 32 codes by 32 inputs an instruction, twice vpmaddwd's 16 (|sum| <= 32 * 15 * 127).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -60,7 +66,7 @@ static inline int bit_length(uint64_t value) {
 typedef struct {
     const int16_t *x;          /* [T][K] */
     const int32_t *x_exponent; /* [T] */
-    const int32_t *block_sums; /* [T][K/32], Q4_1 only */
+    const int32_t *block_sums; /* [T][K/32], Q4_1 only: the sums of x (of c * q with int8 inputs) */
     const uint8_t *codes;
     const int32_t *scales;
     const int32_t *minimums;   /* NULL for Q8_0 */
@@ -68,6 +74,9 @@ typedef struct {
     int64_t *out;              /* [T][R] */
     Py_ssize_t T, K, R;
     int signed_codes, accumulate, plain;
+    int int8_inputs;             /* 4-bit matrices take x as int8 blocks (x8, multipliers) */
+    const int8_t *x8;            /* [T][K] */
+    const int32_t *multipliers;  /* [T][K/32] */
     const int64_t *limits;     /* [R] or NULL: results clamped to [-limit, limit] before accumulating */
     Py_ssize_t group_begin, group_end;
 } LinearTask;
@@ -90,32 +99,35 @@ static void store_row_group(const LinearTask *task, Py_ssize_t t, Py_ssize_t gro
     }
 }
 
+/* Code j of row i of a block, in the kernel layout. */
+static inline int32_t code_at(const uint8_t *codes, int signed_codes, int i, int j) {
+    if (signed_codes) return (int8_t)codes[((j / 2) * ROWS_PER_GROUP + i) * 2 + j % 2];
+    uint8_t both = codes[(((j % 16) / 4) * ROWS_PER_GROUP + i) * 4 + j % 4];
+    return j < 16 ? both & 15 : both >> 4;
+}
+
 static void linear_plain(const LinearTask *task) {
     const Py_ssize_t blocks = task->K / BLOCK, block_bytes = code_bytes(task->signed_codes);
     for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
         for (Py_ssize_t t = 0; t < task->T; t++) {
-            const int16_t *x = task->x + t * task->K;
             int64_t totals[ROWS_PER_GROUP] = {0};
             for (Py_ssize_t b = 0; b < blocks; b++) {
                 const uint8_t *codes = task->codes + (group * blocks + b) * block_bytes;
                 const int32_t *scales = task->scales + (group * blocks + b) * ROWS_PER_GROUP;
                 for (int i = 0; i < ROWS_PER_GROUP; i++) {
-                    int32_t sum = 0, input_sum = 0;
-                    for (int j = 0; j < BLOCK; j++) {
-                        int pair = j / 2, half = j % 2;
-                        int32_t code;
-                        if (task->signed_codes)
-                            code = (int8_t)codes[(pair * ROWS_PER_GROUP + i) * 2 + half];
-                        else {
-                            uint8_t both = codes[((pair % 8) * ROWS_PER_GROUP + i) * 2 + half];
-                            code = pair < 8 ? both & 15 : both >> 4;
-                        }
-                        sum += code * x[b * BLOCK + j];
-                        input_sum += x[b * BLOCK + j];
+                    int32_t sum = 0;
+                    if (task->x8) {
+                        const int8_t *x8 = task->x8 + t * task->K + b * BLOCK;
+                        for (int j = 0; j < BLOCK; j++) sum += code_at(codes, 0, i, j) * x8[j];
+                        sum *= task->multipliers[t * blocks + b];
+                    } else {
+                        const int16_t *x = task->x + t * task->K + b * BLOCK;
+                        for (int j = 0; j < BLOCK; j++) sum += code_at(codes, task->signed_codes, i, j) * x[j];
                     }
                     totals[i] += (int64_t)scales[i] * sum;
                     if (task->minimums)
-                        totals[i] += (int64_t)task->minimums[(group * blocks + b) * ROWS_PER_GROUP + i] * input_sum;
+                        totals[i] += (int64_t)task->minimums[(group * blocks + b) * ROWS_PER_GROUP + i] *
+                                     task->block_sums[t * blocks + b];
                 }
             }
             store_row_group(task, t, group, totals);
@@ -124,6 +136,54 @@ static void linear_plain(const LinearTask *task) {
 }
 
 #if HAVE_X86
+/* store_row_group on 4 rows of int64 totals whose shifts are all right shifts of 1 to 62 bits (what
+ * products need; right_shifts checks): round half up, clamp to the limits, add or store. An
+ * arithmetic right shift is a logical one between two flips of the sign. */
+__attribute__((target("avx2"))) static inline void store_four(const LinearTask *task, Py_ssize_t t, Py_ssize_t row,
+                                                              __m256i totals) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi64x(1);
+    __m256i shift = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(task->row_exponent + row))),
+                                     _mm256_set1_epi64x(task->x_exponent[t]));
+    __m256i right = _mm256_sub_epi64(zero, shift);
+    __m256i value = _mm256_add_epi64(totals, _mm256_sllv_epi64(one, _mm256_sub_epi64(right, one)));
+    __m256i sign = _mm256_cmpgt_epi64(zero, value);
+    value = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(value, sign), right), sign);
+    if (task->limits) {
+        __m256i limit = _mm256_loadu_si256((const __m256i *)(task->limits + row)), low = _mm256_sub_epi64(zero, limit);
+        value = _mm256_blendv_epi8(value, limit, _mm256_cmpgt_epi64(value, limit));
+        value = _mm256_blendv_epi8(value, low, _mm256_cmpgt_epi64(low, value));
+    }
+    __m256i *out = (__m256i *)(task->out + t * task->R + row);
+    if (task->accumulate) value = _mm256_add_epi64(value, _mm256_loadu_si256(out));
+    _mm256_storeu_si256(out, value);
+}
+
+/* Whether the 8 rows from `row` on all shift right by 1 to 62 bits for token t. */
+__attribute__((target("avx2"))) static inline int right_shifts(const LinearTask *task, Py_ssize_t t, Py_ssize_t row) {
+    __m256i shift = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(task->row_exponent + row)),
+                                     _mm256_set1_epi32(task->x_exponent[t]));
+    __m256i outside = _mm256_or_si256(_mm256_cmpgt_epi32(shift, _mm256_set1_epi32(-1)),
+                                      _mm256_cmpgt_epi32(_mm256_set1_epi32(-62), shift));
+    return _mm256_testz_si256(outside, outside);
+}
+
+/* Rows 0, 2, 4, 6 of a group's int64 totals in `even`, rows 1, 3, 5, 7 in `odd`. */
+__attribute__((target("avx2"))) static inline void store_lanes(const LinearTask *task, Py_ssize_t t, Py_ssize_t group,
+                                                               __m256i even, __m256i odd) {
+    __m256i low = _mm256_unpacklo_epi64(even, odd), high = _mm256_unpackhi_epi64(even, odd); /* rows 0 1 4 5, 2 3 6 7 */
+    __m256i first = _mm256_permute2x128_si256(low, high, 0x20), second = _mm256_permute2x128_si256(low, high, 0x31);
+    const Py_ssize_t row = group * ROWS_PER_GROUP;
+    if (right_shifts(task, t, row)) {
+        store_four(task, t, row, first);
+        store_four(task, t, row + 4, second);
+        return;
+    }
+    int64_t totals[ROWS_PER_GROUP];
+    _mm256_storeu_si256((__m256i *)totals, first);
+    _mm256_storeu_si256((__m256i *)(totals + 4), second);
+    store_row_group(task, t, group, totals);
+}
+
 /* sums[n] += the 8 rows' pair `pair` (int16 weights) times token n's inputs 2 pair, 2 pair + 1 */
 #define ADD_PAIR(WEIGHTS, PAIR, TOKENS)                                                                                \
     {                                                                                                                  \
@@ -148,7 +208,9 @@ static void linear_plain(const LinearTask *task) {
         const int16_t *rows[TOKENS];                                                                                   \
         for (int n = 0; n < TOKENS; n++) rows[n] = task->x + (t0 + n) * task->K;                                       \
         const Py_ssize_t block_bytes = code_bytes(task->signed_codes);                                                 \
-        const __m128i nibble = _mm_set1_epi8(15);                                                                      \
+        const __m256i nibble = _mm256_set1_epi8(15);                                                                   \
+        const __m256i split_pairs = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, \
+                                                     9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);                           \
         for (Py_ssize_t b = 0; b < blocks; b++) {                                                                      \
             const uint8_t *codes = task->codes + (group * blocks + b) * block_bytes;                                   \
             __m256i sums[TOKENS];                                                                                      \
@@ -159,10 +221,16 @@ static void linear_plain(const LinearTask *task) {
                     ADD_PAIR(_mm256_cvtepi8_epi16(raw), pair, TOKENS)                                                  \
                 }                                                                                                      \
             else                                                                                                       \
-                for (int pair = 0; pair < BLOCK / 4; pair++) {                                                         \
-                    __m128i raw = _mm_loadu_si128((const __m128i *)(codes + pair * 2 * ROWS_PER_GROUP));               \
-                    ADD_PAIR(_mm256_cvtepu8_epi16(_mm_and_si128(raw, nibble)), pair, TOKENS)                           \
-                    ADD_PAIR(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), nibble)), pair + 8, TOKENS)    \
+                for (int step = 0; step < 4; step++) {                                                                 \
+                    __m256i raw = _mm256_loadu_si256((const __m256i *)(codes + step * 4 * ROWS_PER_GROUP));            \
+                    for (int half = 0; half < 2; half++) {                                                             \
+                        __m256i four = _mm256_and_si256(half ? _mm256_srli_epi16(raw, 4) : raw, nibble);               \
+                        /* each row's 4 codes as its first pair, then its second, rows 0-7 in order */                 \
+                        __m256i pairs = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(four, split_pairs), 0xD8);        \
+                        ADD_PAIR(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(pairs)), 8 * half + 2 * step, TOKENS)     \
+                        ADD_PAIR(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(pairs, 1)), 8 * half + 2 * step + 1,    \
+                                 TOKENS)                                                                               \
+                    }                                                                                                  \
                 }                                                                                                      \
             const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                               \
             __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                                  \
@@ -181,16 +249,7 @@ static void linear_plain(const LinearTask *task) {
                 }                                                                                                      \
             }                                                                                                          \
         }                                                                                                              \
-        for (int n = 0; n < TOKENS; n++) {                                                                             \
-            int64_t lanes_even[4], lanes_odd[4], totals[ROWS_PER_GROUP];                                               \
-            _mm256_storeu_si256((__m256i *)lanes_even, even[n]);                                                       \
-            _mm256_storeu_si256((__m256i *)lanes_odd, odd[n]);                                                         \
-            for (int i = 0; i < 4; i++) {                                                                              \
-                totals[2 * i] = lanes_even[i];                                                                         \
-                totals[2 * i + 1] = lanes_odd[i];                                                                      \
-            }                                                                                                          \
-            store_row_group(task, t0 + n, group, totals);                                                              \
-        }                                                                                                              \
+        for (int n = 0; n < TOKENS; n++) store_lanes(task, t0 + n, group, even[n], odd[n]);                           \
     }
 
 DEFINE_TILE(8)
@@ -199,19 +258,139 @@ DEFINE_TILE(3)
 DEFINE_TILE(2)
 DEFINE_TILE(1)
 
+/* The same with int8 input blocks and 4-bit codes: vpmaddubsw multiplies a step's 8 rows x 4 codes
+ * by the token's 4 inputs broadcast, two products in each int16 lane; the 8 steps of a block add
+ * up in int16 (|lane| <= 8 * 2 * 15 * 127 = 30480), vpmaddwd with ones joins a row's two lanes into
+ * int32, and the block's multiplier c (<= 258) scales the sum before the block scale does. */
+#define DEFINE_INT8_TILE(TOKENS)                                                                                       \
+    __attribute__((target("avx2"))) static void linear_int8_tile_##TOKENS(const LinearTask *task, Py_ssize_t group,    \
+                                                                           Py_ssize_t t0) {                            \
+        const Py_ssize_t blocks = task->K / BLOCK;                                                                     \
+        __m256i even[TOKENS], odd[TOKENS];                                                                             \
+        for (int n = 0; n < TOKENS; n++) even[n] = odd[n] = _mm256_setzero_si256();                                    \
+        const int8_t *rows[TOKENS];                                                                                    \
+        for (int n = 0; n < TOKENS; n++) rows[n] = task->x8 + (t0 + n) * task->K;                                      \
+        const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);                                      \
+        for (Py_ssize_t b = 0; b < blocks; b++) {                                                                      \
+            const uint8_t *codes = task->codes + (group * blocks + b) * code_bytes(0);                                 \
+            __m256i sums[TOKENS];                                                                                      \
+            for (int n = 0; n < TOKENS; n++) sums[n] = _mm256_setzero_si256();                                         \
+            for (int step = 0; step < 4; step++) {                                                                     \
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(codes + step * 4 * ROWS_PER_GROUP));                \
+                for (int half = 0; half < 2; half++) {                                                                 \
+                    __m256i four = _mm256_and_si256(half ? _mm256_srli_epi16(raw, 4) : raw, nibble);                   \
+                    for (int n = 0; n < TOKENS; n++) {                                                                 \
+                        int32_t inputs;                                                                                \
+                        memcpy(&inputs, rows[n] + b * BLOCK + 16 * half + 4 * step, 4);                                \
+                        sums[n] = _mm256_add_epi16(sums[n], _mm256_maddubs_epi16(four, _mm256_set1_epi32(inputs)));    \
+                    }                                                                                                  \
+                }                                                                                                      \
+            }                                                                                                          \
+            const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                               \
+            __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                                  \
+            __m256i scale_odd = _mm256_srli_epi64(scale, 32);                                                          \
+            for (int n = 0; n < TOKENS; n++) {                                                                         \
+                __m256i multiplier = _mm256_set1_epi32(task->multipliers[(t0 + n) * blocks + b]);                      \
+                __m256i sum = _mm256_mullo_epi32(_mm256_madd_epi16(sums[n], ones), multiplier);                        \
+                even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sum, scale));                                     \
+                odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sum, 32), scale_odd));            \
+            }                                                                                                          \
+            if (task->minimums) {                                                                                      \
+                __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));                          \
+                __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);                                                  \
+                for (int n = 0; n < TOKENS; n++) {                                                                     \
+                    __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);                    \
+                    even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));                         \
+                    odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));                       \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int n = 0; n < TOKENS; n++) store_lanes(task, t0 + n, group, even[n], odd[n]);                           \
+    }
+
+DEFINE_INT8_TILE(8)
+DEFINE_INT8_TILE(4)
+DEFINE_INT8_TILE(3)
+DEFINE_INT8_TILE(2)
+DEFINE_INT8_TILE(1)
+
 #define TOKEN_TILE 64 /* input rows kept in L2 while every weight group passes over them */
 
+typedef void (*TileFunction)(const LinearTask *, Py_ssize_t, Py_ssize_t);
+
 static void linear_avx2(const LinearTask *task) {
+    static const TileFunction int16_tiles[9] = {NULL, linear_tile_1, linear_tile_2, linear_tile_3, linear_tile_4,
+                                                NULL, NULL, NULL, linear_tile_8};
+    static const TileFunction int8_tiles[9] = {NULL, linear_int8_tile_1, linear_int8_tile_2, linear_int8_tile_3,
+                                               linear_int8_tile_4, NULL, NULL, NULL, linear_int8_tile_8};
+    const TileFunction *tiles = task->x8 ? int8_tiles : int16_tiles;
     for (Py_ssize_t begin = 0; begin < task->T; begin += TOKEN_TILE) {
         Py_ssize_t end = begin + TOKEN_TILE < task->T ? begin + TOKEN_TILE : task->T;
         for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
             Py_ssize_t t = begin;
-            for (; t + 8 <= end; t += 8) linear_tile_8(task, group, t);
-            for (; t + 4 <= end; t += 4) linear_tile_4(task, group, t);
-            if (end - t == 3) linear_tile_3(task, group, t);
-            else if (end - t == 2) linear_tile_2(task, group, t);
-            else if (end - t == 1) linear_tile_1(task, group, t);
+            for (; t + 8 <= end; t += 8) tiles[8](task, group, t);
+            for (; t + 4 <= end; t += 4) tiles[4](task, group, t);
+            if (end > t) tiles[end - t](task, group, t);
         }
+    }
+}
+#endif
+
+/* Int8 input blocks of rows of int16 (the plain-C definition): a block of 32 inputs with peak P
+ * becomes c * q, c = min(ceil(P / 127), 258) and q = floor((2x + c) / 2c), x rounded half up to a
+ * multiple of c; |q| <= 127 and |c * q| <= 32767. sums[b] = c * sum_j q_j (for the minimums). */
+static void int8_blocks_plain(const int16_t *x, Py_ssize_t blocks, int8_t *q, int32_t *multipliers, int32_t *sums) {
+    for (Py_ssize_t b = 0; b < blocks; b++, x += BLOCK, q += BLOCK) {
+        int32_t peak = 0;
+        for (int j = 0; j < BLOCK; j++) peak = abs(x[j]) > peak ? abs(x[j]) : peak;
+        int32_t c = (peak + 126) / 127 < 258 ? (peak + 126) / 127 : 258, sum = 0;
+        for (int j = 0; j < BLOCK; j++) {
+            int32_t numerator = 2 * x[j] + c + 2 * c * 128, value = c ? numerator / (2 * c) - 128 : 0; /* numerator >= 0 */
+            q[j] = (int8_t)value;
+            sum += value;
+        }
+        multipliers[b] = c;
+        sums[b] = c * sum;
+    }
+}
+
+#if HAVE_X86
+/* The same with AVX2: the quotient in float32 is exact (numerator and divisor below 2**24, and a
+ * fraction of at least 1/2c away from the next integer, far above float32's rounding there). */
+__attribute__((target("avx2"))) static void int8_blocks_avx2(const int16_t *x, Py_ssize_t blocks, int8_t *q,
+                                                             int32_t *multipliers, int32_t *sums) {
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (Py_ssize_t b = 0; b < blocks; b++, x += BLOCK, q += BLOCK) {
+        __m256i first = _mm256_loadu_si256((const __m256i *)x), second = _mm256_loadu_si256((const __m256i *)(x + 16));
+        __m256i magnitude = _mm256_max_epu16(_mm256_abs_epi16(first), _mm256_abs_epi16(second)); /* -32768: 32768 */
+        __m128i peak = _mm_max_epu16(_mm256_castsi256_si128(magnitude), _mm256_extracti128_si256(magnitude, 1));
+        peak = _mm_max_epu16(peak, _mm_srli_si128(peak, 8));
+        peak = _mm_max_epu16(peak, _mm_srli_si128(peak, 4));
+        peak = _mm_max_epu16(peak, _mm_srli_si128(peak, 2));
+        int32_t top = _mm_extract_epi16(peak, 0), c = (top + 126) / 127 < 258 ? (top + 126) / 127 : 258;
+        if (c == 0) {
+            memset(q, 0, BLOCK);
+            multipliers[b] = sums[b] = 0;
+            continue;
+        }
+        const __m256i offset = _mm256_set1_epi32(c + 2 * c * 128), bias = _mm256_set1_epi32(128);
+        const __m256 divisor = _mm256_set1_ps((float)(2 * c));
+        __m256i parts[4], total = _mm256_setzero_si256();
+        const __m128i halves[4] = {_mm256_castsi256_si128(first), _mm256_extracti128_si256(first, 1),
+                                   _mm256_castsi256_si128(second), _mm256_extracti128_si256(second, 1)};
+        for (int k = 0; k < 4; k++) {
+            __m256i numerator = _mm256_add_epi32(_mm256_slli_epi32(_mm256_cvtepi16_epi32(halves[k]), 1), offset);
+            __m256 quotient = _mm256_floor_ps(_mm256_div_ps(_mm256_cvtepi32_ps(numerator), divisor));
+            parts[k] = _mm256_sub_epi32(_mm256_cvtps_epi32(quotient), bias);
+            total = _mm256_add_epi32(total, parts[k]);
+        }
+        __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(parts[0], parts[1]), _mm256_packs_epi32(parts[2], parts[3]));
+        _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(bytes, order));
+        __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        sum4 = _mm_add_epi32(sum4, _mm_srli_si128(sum4, 8));
+        sum4 = _mm_add_epi32(sum4, _mm_srli_si128(sum4, 4));
+        multipliers[b] = c;
+        sums[b] = c * _mm_cvtsi128_si32(sum4);
     }
 }
 #endif
@@ -252,7 +431,7 @@ static struct {
     int size;         /* worker threads started: they run tasks 1 .. size */
     long generation;  /* one per call */
     int count;        /* tasks of the current call */
-    int pending;      /* tasks 1 .. count - 1 still running */
+    long pending;     /* tasks 1 .. count - 1 still running */
     WorkFunction function;
     char *tasks;
     size_t task_size;
@@ -267,11 +446,35 @@ static struct {
     size_t size;
 } arena = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
 
+/* Waiting threads first spin this many pauses (tens of microseconds) before they sleep: the calls
+ * of one block follow each other closely, and a sleeping thread takes far longer to wake. */
+#define SPIN_PAUSES 2000
+
+static inline void pause_briefly(void) {
+#if HAVE_X86
+    _mm_pause();
+#endif
+}
+
+/* Spin at most SPIN_PAUSES times while *value == unchanged, or while *value > 0 (read without the lock). */
+static void spin_while_equal(const long *value, long unchanged) {
+    for (int i = 0; i < SPIN_PAUSES && __atomic_load_n(value, __ATOMIC_ACQUIRE) == unchanged; i++) pause_briefly();
+}
+
+static void spin_while_positive(const long *value) {
+    for (int i = 0; i < SPIN_PAUSES && __atomic_load_n(value, __ATOMIC_ACQUIRE) > 0; i++) pause_briefly();
+}
+
 static void *pool_thread(void *argument) {
     const int index = (int)(intptr_t)argument;
     pthread_mutex_lock(&pool.lock);
     long seen = pool.born[index]; /* the call that started this thread may already have begun */
     for (;;) {
+        if (pool.generation == seen) {
+            pthread_mutex_unlock(&pool.lock);
+            spin_while_equal(&pool.generation, seen);
+            pthread_mutex_lock(&pool.lock);
+        }
         while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
         seen = pool.generation;
         if (index >= pool.count) continue;
@@ -281,7 +484,7 @@ static void *pool_thread(void *argument) {
         void *result = function(task);
         pthread_mutex_lock(&pool.lock);
         pool.results[index] = result;
-        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE) == 0) pthread_cond_signal(&pool.done);
     }
     return NULL;
 }
@@ -313,12 +516,13 @@ static void *run_parallel(WorkFunction function, void *tasks, size_t task_size, 
     pool.task_size = task_size;
     pool.count = threaded + 1;
     pool.pending = threaded;
-    pool.generation++;
+    __atomic_add_fetch(&pool.generation, 1, __ATOMIC_RELEASE);
     if (threaded) pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     for (int i = threaded + 1; i < count; i++) /* no thread for these: run them here */
         if (function((char *)tasks + i * task_size)) failed = (void *)1;
     if (function(tasks)) failed = (void *)1;
+    spin_while_positive(&pool.pending); /* the pool's tasks usually end within the spin */
     pthread_mutex_lock(&pool.lock);
     while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
     for (int i = 1; i <= threaded; i++)
@@ -357,12 +561,55 @@ static void *take(Buffers *buffers, PyObject *object, Py_ssize_t itemsize, Py_ss
     return view->buf;
 }
 
+/* Int8 input blocks of tokens [begin, end) (run_parallel splits the tokens). */
+typedef struct {
+    const LinearTask *task;
+    int8_t *x8;
+    int32_t *multipliers, *sums;
+    Py_ssize_t begin, end;
+} BlocksTask;
+
+static void *int8_blocks_worker(void *argument) {
+    const BlocksTask *work = argument;
+    const LinearTask *task = work->task;
+    const Py_ssize_t blocks = task->K / BLOCK;
+    for (Py_ssize_t t = work->begin; t < work->end; t++) {
+        const int16_t *x = task->x + t * task->K;
+#if HAVE_X86
+        if (!task->plain && avx2_available()) {
+            int8_blocks_avx2(x, blocks, work->x8 + t * task->K, work->multipliers + t * blocks, work->sums + t * blocks);
+            continue;
+        }
+#endif
+        int8_blocks_plain(x, blocks, work->x8 + t * task->K, work->multipliers + t * blocks, work->sums + t * blocks);
+    }
+    return NULL;
+}
+
 /* The product of a task with x, out and the matrix set, its rows split between threads; without the
  * GIL. Returns -1 when memory runs out. */
 static int run_linear(LinearTask task, int threads) {
     const Py_ssize_t blocks = task.K / BLOCK, groups = task.R / ROWS_PER_GROUP;
-    int32_t *block_sums = NULL;
-    if (task.minimums && task.T > 0) {
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    int32_t *block_sums = NULL, *multipliers = NULL;
+    int8_t *x8 = NULL;
+    if (task.int8_inputs && !task.signed_codes && task.T > 0) {
+        block_sums = PyMem_RawMalloc(sizeof(int32_t) * task.T * blocks);
+        multipliers = PyMem_RawMalloc(sizeof(int32_t) * task.T * blocks);
+        x8 = PyMem_RawMalloc(task.T * task.K);
+        if (!block_sums || !multipliers || !x8) {
+            PyMem_RawFree(block_sums), PyMem_RawFree(multipliers), PyMem_RawFree(x8);
+            return -1;
+        }
+        /* a decoding step's few rows are converted faster than pool threads wake */
+        int parts = task.T * task.K < 32768 ? 1 : task.T < threads ? (int)task.T : threads;
+        BlocksTask work[MAX_THREADS];
+        for (int i = 0; i < parts; i++)
+            work[i] = (BlocksTask){&task, x8, multipliers, block_sums, task.T * i / parts, task.T * (i + 1) / parts};
+        run_parallel(int8_blocks_worker, work, sizeof(BlocksTask), parts);
+        task.x8 = x8, task.multipliers = multipliers, task.block_sums = block_sums;
+    } else if (task.minimums && task.T > 0) {
         block_sums = PyMem_RawMalloc(sizeof(int32_t) * task.T * blocks);
         if (!block_sums) return -1;
         for (Py_ssize_t t = 0; t < task.T; t++)
@@ -373,8 +620,6 @@ static int run_linear(LinearTask task, int threads) {
             }
         task.block_sums = block_sums;
     }
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > groups) threads = (int)groups;
     if ((double)task.T * task.K * task.R < 2e5) threads = 1; /* not worth a thread */
     LinearTask tasks[MAX_THREADS];
@@ -385,6 +630,8 @@ static int run_linear(LinearTask task, int threads) {
     }
     run_parallel(linear_worker, tasks, sizeof(LinearTask), threads);
     PyMem_RawFree(block_sums);
+    PyMem_RawFree(multipliers);
+    PyMem_RawFree(x8);
     return 0;
 }
 
@@ -392,17 +639,18 @@ static PyObject *linear(PyObject *self, PyObject *args) {
     PyObject *x_object, *x_exponent_object, *codes_object, *scales_object, *minimums_object, *row_exponent_object;
     PyObject *out_object, *limits_object;
     Py_ssize_t T, K, R;
-    int signed_codes, accumulate, threads, plain;
-    if (!PyArg_ParseTuple(args, "OOOOOOOnnnppipO", &x_object, &x_exponent_object, &codes_object, &scales_object,
+    int signed_codes, accumulate, threads, plain, int8_inputs;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnnppipOp", &x_object, &x_exponent_object, &codes_object, &scales_object,
                           &minimums_object, &row_exponent_object, &out_object, &T, &K, &R, &signed_codes, &accumulate,
-                          &threads, &plain, &limits_object))
+                          &threads, &plain, &limits_object, &int8_inputs))
         return NULL;
     if (T < 0 || K <= 0 || R <= 0 || K % BLOCK || R % ROWS_PER_GROUP) {
         PyErr_SetString(PyExc_ValueError, "shapes must be T >= 0, K a multiple of 32 and R a multiple of 8");
         return NULL;
     }
     Buffers buffers = {.count = 0};
-    LinearTask task = {.T = T, .K = K, .R = R, .signed_codes = signed_codes, .accumulate = accumulate, .plain = plain};
+    LinearTask task = {.T = T, .K = K, .R = R, .signed_codes = signed_codes, .accumulate = accumulate, .plain = plain,
+                       .int8_inputs = int8_inputs};
     Py_ssize_t blocks = K / BLOCK;
     if (!(task.x = take(&buffers, x_object, 2, T * K, 0, "x")) ||
         !(task.x_exponent = take(&buffers, x_exponent_object, 4, T, 0, "x_exponent")) ||
@@ -1116,7 +1364,7 @@ static PyObject *output_rows(PyObject *self, PyObject *args) {
 
 /* A matrix tuple (codes, scales, minimums or None, row_exponent, limits or None, R, K, signed)
  * into a task's weights; NULL with an exception set when it does not parse. */
-static LinearTask *take_matrix(Buffers *buffers, PyObject *matrix, LinearTask *task, int plain) {
+static LinearTask *take_matrix(Buffers *buffers, PyObject *matrix, LinearTask *task, int plain, int int8_inputs) {
     PyObject *codes, *scales, *minimums, *row_exponent, *limits;
     Py_ssize_t R, K;
     int signed_codes;
@@ -1127,7 +1375,7 @@ static LinearTask *take_matrix(Buffers *buffers, PyObject *matrix, LinearTask *t
         PyErr_SetString(PyExc_ValueError, "a matrix must have R a multiple of 8 and K of 32");
         return NULL;
     }
-    *task = (LinearTask){.K = K, .R = R, .signed_codes = signed_codes, .plain = plain};
+    *task = (LinearTask){.K = K, .R = R, .signed_codes = signed_codes, .plain = plain, .int8_inputs = int8_inputs};
     Py_ssize_t blocks = R * (K / BLOCK);
     if (!(task->codes = take(buffers, codes, 1, R / ROWS_PER_GROUP * (K / BLOCK) * code_bytes(signed_codes), 0,
                              "codes")) ||
@@ -1201,10 +1449,10 @@ static PyObject *block(PyObject *self, PyObject *args) {
     PyObject *layer, *x_object, *cos_object, *sin_object, *keys_object, *key_exponent_object, *values_object;
     PyObject *value_exponent_object;
     Py_ssize_t B, T, start, table_rows, position, capacity;
-    int threads, plain;
-    if (!PyArg_ParseTuple(args, "OOnnnOOnOOOOnnip", &layer, &x_object, &B, &T, &start, &cos_object, &sin_object,
+    int threads, plain, int8_inputs;
+    if (!PyArg_ParseTuple(args, "OOnnnOOnOOOOnnipp", &layer, &x_object, &B, &T, &start, &cos_object, &sin_object,
                           &table_rows, &keys_object, &key_exponent_object, &values_object, &value_exponent_object,
-                          &position, &capacity, &threads, &plain))
+                          &position, &capacity, &threads, &plain, &int8_inputs))
         return NULL;
     PyObject *norm1, *qkv_matrix, *multiplier_object, *shift_object, *table_object, *o_matrix, *norm2;
     PyObject *gate_up_matrix, *sigmoid_object, *down_matrix;
@@ -1235,8 +1483,10 @@ static PyObject *block(PyObject *self, PyObject *args) {
     }
     table_length = PyObject_Length(table_object);
     if (!take_norm(&buffers, norm1, &first_norm, C) || !take_norm(&buffers, norm2, &second_norm, C) ||
-        !take_matrix(&buffers, qkv_matrix, &qkv, plain) || !take_matrix(&buffers, o_matrix, &o, plain) ||
-        !take_matrix(&buffers, gate_up_matrix, &gate_up, plain) || !take_matrix(&buffers, down_matrix, &down, plain) ||
+        !take_matrix(&buffers, qkv_matrix, &qkv, plain, int8_inputs) ||
+        !take_matrix(&buffers, o_matrix, &o, plain, int8_inputs) ||
+        !take_matrix(&buffers, gate_up_matrix, &gate_up, plain, int8_inputs) ||
+        !take_matrix(&buffers, down_matrix, &down, plain, int8_inputs) ||
         !(x = take(&buffers, x_object, 8, N * C, 1, "x")) ||
         !(cos = take(&buffers, cos_object, 8, table_rows * (D / 2), 0, "cos")) ||
         !(sin = take(&buffers, sin_object, 8, table_rows * (D / 2), 0, "sin")) ||
@@ -1325,8 +1575,8 @@ static PyObject *has_avx2(PyObject *self, PyObject *unused) { return PyBool_From
 static PyMethodDef methods[] = {
     {"linear", linear, METH_VARARGS,
      "linear(x, x_exponent, codes, scales, minimums, row_exponent, out, T, K, R, signed_codes, accumulate, threads, "
-     "plain, limits): out[t, r] (+)= clamp(round(sum_k w[r, k] x[t, k] * 2**(row_exponent[r] + x_exponent[t])), "
-     "limits[r])"},
+     "plain, limits, int8_inputs): out[t, r] (+)= clamp(round(sum_k w[r, k] x[t, k] * 2**(row_exponent[r] + "
+     "x_exponent[t])), limits[r]); with int8_inputs, 4-bit matrices take x as int8 blocks"},
     {"rms_norm", rms_norm, METH_VARARGS,
      "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent)"},
     {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent)"},
@@ -1338,7 +1588,7 @@ static PyMethodDef methods[] = {
      "output_rows(logits, table, N, V, table_length, total_bits): integer logits to coder weights, in place"},
     {"block", block, METH_VARARGS,
      "block(layer, x, B, T, start, cos, sin, table_rows, keys, key_exponent, values, value_exponent, position, "
-     "capacity, threads, plain): one transformer block on x (B * T rows) in place, keys and values cached"},
+     "capacity, threads, plain, int8_inputs): one transformer block on x (B * T rows) in place, keys and values cached"},
     {"has_avx2", has_avx2, METH_NOARGS, "True when this CPU runs the AVX2 path"},
     {NULL, NULL, 0, NULL},
 };

@@ -12,6 +12,11 @@ to every product are int16 rows with one power-of-two exponent per row (shifted,
 until the row's peak fits 15 bits), and every other scale is a power of two as well, so a value is
 always an integer mantissa with a known exponent and rescaling is a rounding shift.
 
+Engine version 2 (the default; version 1 is kept for the files that name it) rounds the input of
+every 4-bit product to int8 blocks, as llama.cpp does for these matrices: each block of 32 inputs
+becomes c * q with q in [-127, 127] and one integer c per block (`_int8_blocks`), which lets the
+kernel multiply 32 codes an instruction instead of 16. The product is then exact on those inputs.
+
 - residual stream: int64 in units of 2**-residual_bits, exact for the token embedding's values;
 - RMSNorm: the row shifted so its peak has 20 bits, an exact integer square root, the F32 gains as
   24-bit integers against the largest gain; the output goes straight to int16 rows;
@@ -29,6 +34,7 @@ GPU): both are exact, so both give the same integers. The tests check that row f
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -56,7 +62,8 @@ from .llama import ROPE_BITS, SIGMOID_BITS, SIGMOID_FRACTION_BITS, SIGMOID_RANGE
 
 __all__ = ["GGUFLlama", "NotCovered", "QuantisedMatrix", "ExactGGUFLlamaEngine", "round_shift", "kernels_available"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the engine version new files get
+VERSIONS = (1, 2)  # 1: int16 inputs to every product; 2: int8 input blocks to the 4-bit ones
 INPUT_BITS = 15  # product inputs are int16 rows: peak < 2**15
 NORM_INPUT_BITS = 20  # RMSNorm shifts a row so its peak has this many bits
 GAIN_BITS = 24  # F32 gains as integers below 2**24 against the largest
@@ -100,6 +107,17 @@ def _int16_rows(values: torch.Tensor, base_exponent) -> tuple[torch.Tensor, torc
     shift = (bit_length(peak) - INPUT_BITS).clamp(min=0)
     rows = round_shift(values, -shift).clamp(-(2**INPUT_BITS - 1), 2**INPUT_BITS - 1)
     return rows.to(torch.int16), (shift[..., 0] + base_exponent).to(torch.int32)
+
+
+def _int8_blocks(x: torch.Tensor) -> torch.Tensor:
+    """Twin of the kernel's int8_blocks: int16 rows (N, K) -> the int64 rows c * q they stand for, per
+    block of 32: c = min(ceil(peak / 127), 258), q = floor((2x + c) / 2c), so |q| <= 127, |c q| <= 32767."""
+    N, K = x.shape
+    blocks = x.to(torch.int64).view(N, K // BLOCK, BLOCK)
+    peak = blocks.abs().amax(-1, keepdim=True)
+    c = torch.div(peak + 126, 127, rounding_mode="floor").clamp(max=258)
+    q = torch.div(2 * blocks + c, (2 * c).clamp(min=1), rounding_mode="floor")
+    return (q * c).view(N, K)
 
 
 @dataclass
@@ -265,14 +283,17 @@ class QuantisedMatrix:
         return np.ldexp(weight.reshape(self.rows, self.inputs), self.exponents[:, None])
 
     def kernel_layout(self):
-        """codes [R/8][K/32][16][8][2] (8-bit) or [R/8][K/32][8][8][2] (4-bit: pair p in the low nibble,
-        pair p + 8 in the high one), scales and minimums [R/8][K/32][8]."""
+        """codes [R/8][K/32][16][8][2] (8-bit) or [R/8][K/32][4][8][4] (4-bit: step s holds each row's
+        inputs 4s .. 4s + 3 in the low nibbles and 16 + 4s .. 16 + 4s + 3 in the high ones), scales and
+        minimums [R/8][K/32][8]."""
         if self._kernel_layout is None:
             groups, blocks = self.rows // ROWS_PER_GROUP, self.inputs // BLOCK
-            codes = self.natural_codes.reshape(groups, ROWS_PER_GROUP, blocks, BLOCK // 2, 2)
-            codes = np.ascontiguousarray(codes.transpose(0, 2, 3, 1, 4)).view(np.uint8)
-            if not self.signed:
-                codes = codes[:, :, : BLOCK // 4] | (codes[:, :, BLOCK // 4 :] << 4)
+            if self.signed:
+                codes = self.natural_codes.reshape(groups, ROWS_PER_GROUP, blocks, BLOCK // 2, 2)
+                codes = np.ascontiguousarray(codes.transpose(0, 2, 3, 1, 4)).view(np.uint8)
+            else:  # (group, row, block, half, step, input) -> (group, block, step, row, input, half)
+                codes = self.natural_codes.reshape(groups, ROWS_PER_GROUP, blocks, 2, 4, 4).transpose(0, 2, 4, 1, 5, 3)
+                codes = np.ascontiguousarray(codes[..., 0] | (codes[..., 1] << 4), dtype=np.uint8)
             regroup = lambda v: np.ascontiguousarray(  # noqa: E731
                 v.reshape(groups, ROWS_PER_GROUP, blocks).transpose(0, 2, 1), dtype=np.int32)
             minimums = None if self.minimums is None else regroup(self.minimums)
@@ -307,10 +328,11 @@ def _int16_outputs(rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]
 class _Products:
     """Runs products, norms and int16 rows through the compiled kernels or their torch twins."""
 
-    def __init__(self, compiled: bool, threads: int | None = None, plain: bool = False):
+    def __init__(self, compiled: bool, threads: int | None = None, plain: bool = False, int8_inputs: bool = True):
         self.compiled = compiled
         self.fixed_threads = threads  # None: torch's thread count at each call
         self.plain = plain
+        self.int8_inputs = int8_inputs  # engine version 2: 4-bit products take int8 input blocks
 
     @property
     def threads(self) -> int:
@@ -326,10 +348,11 @@ class _Products:
             out = accumulate_into if accumulate_into is not None else torch.empty(N, matrix.rows, dtype=torch.int64)
             _quantized.linear(x.numpy(), exponent.numpy(), codes, scales, minimums, row_exponent, out.numpy(), N,
                               matrix.inputs, matrix.rows, matrix.signed, accumulate_into is not None, self.threads,
-                              self.plain, matrix.limits)
+                              self.plain, matrix.limits, self.int8_inputs)
             return out
         weight = matrix.reference_weight(x.device)
-        total = exact_matmul(x.to(torch.int64), weight, 2**INPUT_BITS, max(1, matrix.weight_peak))
+        inputs = _int8_blocks(x) if self.int8_inputs and not matrix.signed else x.to(torch.int64)
+        total = exact_matmul(inputs, weight, 2**INPUT_BITS, max(1, matrix.weight_peak))
         shift = (torch.from_numpy(row_exponent.astype(np.int64)).to(x.device)[None, :]
                  + exponent.to(torch.int64)[:, None])
         value = round_shift(total, shift)
@@ -618,7 +641,7 @@ class _Block:
             _quantized.block(self.kernel_arguments(tables), x.numpy(), B, T, start, cos.numpy(), sin.numpy(),
                              cos.shape[0], keys.rows.numpy(), keys.exponents.numpy(), values.rows.numpy(),
                              values.exponents.numpy(), keys.position, keys.rows.shape[2], products.threads,
-                             products.plain)
+                             products.plain, products.int8_inputs)
             return x
         rows = x.view(B * T, C)
         D, Hq, Hkv = self.head_dim, self.heads, self.kv_heads
@@ -709,13 +732,15 @@ class ExactGGUFLlamaEngine(ExactEngine):
 
     def __init__(self, model: GGUFLlama, device: str | torch.device = "cpu", start_token: int = 0,
                  context_length: int | None = None, threads: int | None = None, reference: bool = False,
-                 plain: bool = False):
+                 plain: bool = False, version: int = FORMAT_VERSION):
+        if version not in VERSIONS:
+            raise ValueError(f"GGUF engine version {version} (this llmzip has {', '.join(map(str, VERSIONS))})")
         model.reopen()
         shape = model.shape
         self.shape = shape
         self.device = torch.device(device)
         compiled = not reference and self.device.type == "cpu" and kernels_available()
-        self.products = _Products(compiled, threads, plain)
+        self.products = _Products(compiled, threads, plain, int8_inputs=version >= 2)
         self.vocab_size = shape.vocab_size
         self.start_token = int(start_token)
         self.context_length = int(context_length or shape.context_length)
@@ -746,7 +771,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
         self.settings = {
             "kind": "exact",
             "architecture": "llama-gguf",
-            "version": FORMAT_VERSION,
+            "version": version,
             "start_token": self.start_token,
             "residual_bits": self.residual_bits,
             "input_bits": INPUT_BITS,
@@ -767,6 +792,19 @@ class ExactGGUFLlamaEngine(ExactEngine):
     def set_threads(self, threads: int | None) -> None:
         """Threads of the compiled kernels (None: torch's count); the integers are the same for any."""
         self.products.fixed_threads = threads
+
+    def with_version(self, version: int) -> "ExactGGUFLlamaEngine":
+        """This engine computing as engine version `version`: the same weights (no second copy),
+        its own settings and products."""
+        if version == self.settings["version"]:
+            return self
+        if version not in VERSIONS:
+            raise ValueError(f"GGUF engine version {version} (this llmzip has {', '.join(map(str, VERSIONS))})")
+        other = copy.copy(self)
+        other.products = copy.copy(self.products)
+        other.products.int8_inputs = version >= 2
+        other.settings = {**self.settings, "version": version}
+        return other
 
     def new_caches(self, batch_size: int) -> tuple:
         return tuple(_KeyValueRows(batch_size, self.cache_heads, self.context_length, self.cache_head_dim,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine import Engine
-from ..errors import ModelError
+from ..errors import EngineMismatchError, ModelError
 from ..tokenization import ByteTokenizer
 
 BUILTIN_DIRECTORY = Path(__file__).resolve().parent.parent / "builtin"
@@ -77,8 +77,9 @@ class LoadedModel:
         return str(getattr(self.backend.config, "model_type", "unknown"))
 
     def engine(self, *, exact: bool | None = None, device: str = "cpu", batch_size: int = 16,
-               threads: int | None = None) -> Engine:
-        """The engine this model compresses with; exact by default where the model supports it."""
+               threads: int | None = None, version: int | None = None) -> Engine:
+        """The engine this model compresses with; exact by default where the model supports it.
+        `version`: the GGUF exact engine's version a file names (None: the newest)."""
         from ..engine import exact_engine_class
         from ..engine.float import FloatEngine
 
@@ -101,6 +102,11 @@ class LoadedModel:
             except (ValueError, IndexError) as error:  # a damaged tensor
                 raise ModelError(f"model '{self.name}': {error}") from None
         engine = self._exact_engines[key]
+        if version is not None and self.architecture == "llama-gguf":
+            try:
+                engine = engine.with_version(version)
+            except ValueError as error:
+                raise EngineMismatchError(f"{error}; use the llmzip version that made the file") from None
         engine.set_threads(threads)  # results do not depend on it
         return engine
 
