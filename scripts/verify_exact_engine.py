@@ -14,7 +14,7 @@ It prints how many positions were compared and how many rows differ in any bit, 
 exact engine's compressed size (through the real coder) against the float model's ideal
 cross-entropy on the same text, in bits per byte.
 
-    python scripts/verify_exact_engine.py MODEL TEXT_FILE [--positions 50000]
+    python scripts/verify_exact_engine.py MODEL TEXT_FILE [--positions 50000] [--engine-version 1]
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def parse_arguments(argv):
     parser.add_argument("--round-trip-bytes", type=int, default=100_000,
                         help="bytes of the text compressed on one device and decoded on the other (default 100000)")
     parser.add_argument("--cpu-only", action="store_true", help="do not use CUDA even when it is available")
+    parser.add_argument("--engine-version", type=int, default=None,
+                        help="the GGUF exact engine's version to check (default: the newest, what llmzip writes)")
     return parser.parse_args(argv)
 
 
@@ -179,7 +181,10 @@ def main(argv=None) -> int:
 
         twin = ExactGGUFLlamaEngine(loaded.backend, start_token=start_token, context_length=loaded.context_length,
                                     reference=True)
-        compiled, seconds = full_pass(loaded.engine(exact=True, device="cpu"), chunks[:1])
+        if arguments.engine_version is not None:
+            twin = twin.with_version(arguments.engine_version)
+        compiled_engine = loaded.engine(exact=True, device="cpu", version=arguments.engine_version)
+        compiled, seconds = full_pass(compiled_engine, chunks[:1])
         print(f"CPU compiled kernels, full pass: {len(chunks[0]) / seconds:.0f} positions/s")
         rows, seconds = full_pass(twin, chunks[:1])
         print(f"CPU torch reference, full pass: {len(chunks[0]) / seconds:.0f} positions/s")
@@ -188,10 +193,10 @@ def main(argv=None) -> int:
     if use_cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
         print(f"CUDA: {torch.cuda.get_device_name()}")
-        cpu_engine = loaded.engine(exact=True, device="cpu")
+        cpu_engine = loaded.engine(exact=True, device="cpu", version=arguments.engine_version)
         reference, seconds = full_pass(cpu_engine, chunks)
         print(f"CPU full pass: {sum(map(len, chunks)) / seconds:.0f} positions/s")
-        cuda_engine = loaded.engine(exact=True, device="cuda")
+        cuda_engine = loaded.engine(exact=True, device="cuda", version=arguments.engine_version)
         full_pass(cuda_engine, chunks[:1])  # warm-up
         rows, seconds = full_pass(cuda_engine, chunks)
         print(f"CUDA full pass: {sum(map(len, chunks)) / seconds:.0f} positions/s")
@@ -201,7 +206,7 @@ def main(argv=None) -> int:
         mismatches += compare("CPU full pass vs CUDA incremental", reference, rows)
     else:
         print("CUDA: not available; comparing CPU thread counts and pass shapes")
-        engine = loaded.engine(exact=True, device="cpu")
+        engine = loaded.engine(exact=True, device="cpu", version=arguments.engine_version)
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)

@@ -32,6 +32,22 @@ def _as_rows(weights: np.ndarray) -> np.ndarray:
     return rows
 
 
+class FloatRows:
+    """One float64 buffer that rows are converted into before coding, reused from call to call: a
+    fresh 100 MB array per piece of rows costs more in page faults than the conversion itself."""
+
+    def __init__(self):
+        self._buffer = np.empty(0, dtype=np.float64)
+
+    def convert(self, weights: np.ndarray) -> np.ndarray:
+        """weights (T, V) as float64, in the buffer (valid until the next call)."""
+        if self._buffer.size < weights.size:
+            self._buffer = np.empty(weights.size, dtype=np.float64)
+        rows = self._buffer[: weights.size].reshape(weights.shape)
+        np.copyto(rows, weights, casting="unsafe")
+        return rows
+
+
 class Encoder:
     """Codes symbols one row or many rows at a time into one payload."""
 

@@ -171,15 +171,17 @@ class _ChunkEncoder:
         self.alone_encoder = coder.Encoder() if code_alone else None
         self.bits = self.alone_bits = 0.0
 
-    def encode(self, start: int, symbols: np.ndarray, rows: np.ndarray, alone: np.ndarray | None = None) -> None:
-        """Code the tokens at positions start.. under their rows; `alone`: their bits under the model's rows alone."""
+    def encode(self, start: int, symbols: np.ndarray, rows: np.ndarray, alone: np.ndarray | None = None,
+               floats: coder.FloatRows | None = None) -> None:
+        """Code the tokens at positions start.. under their rows; `alone`: their bits under the model's rows alone;
+        `floats`: the buffer the rows are converted in."""
         bits = coder.code_length_bits(symbols, rows)
         alone = bits if alone is None else alone
         self.bits += float(bits.sum())
         self.alone_bits += float(alone.sum())
         if self.token_bits is not None:
             self.token_bits.append((self.index, start, bits, alone))
-        self.encoder.encode(symbols, rows)
+        self.encoder.encode(symbols, rows if floats is None else floats.convert(rows))
 
     def finish(self) -> tuple[bytes, float, float]:
         return self.encoder.finish(), self.bits, self.alone_bits
@@ -203,8 +205,9 @@ def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | N
         return results
     encoders = [_ChunkEncoder(index, token_bits) for index in range(len(token_lists))]
     if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
+        floats = coder.FloatRows()
         for index, start, weights in engine.sequence_pieces(token_lists):
-            encoders[index].encode(start, token_lists[index][start : start + len(weights)], weights)
+            encoders[index].encode(start, token_lists[index][start : start + len(weights)], weights, floats=floats)
     else:
         lengths = [len(tokens) for tokens in token_lists]
         for step, weights, active, _ in lockstep(engine, lengths, lambda chunk, step: token_lists[chunk][step]):
@@ -230,16 +233,17 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
             candidates[chunk][step], match_lengths[chunk][step] = candidate, length
     code_alone = alone_payloads is not None
     encoders = [_ChunkEncoder(first + index, token_bits, code_alone) for index in range(len(token_lists))]
+    floats = coder.FloatRows()
     for index, start, weights in engine.sequence_pieces(token_lists):
         positions = slice(start, start + len(weights))
         symbols = token_lists[index][positions]
         alone = coder.code_length_bits(symbols, weights)
         if code_alone:  # before the rows are mixed
-            encoders[index].alone_encoder.encode(symbols, weights)
+            encoders[index].alone_encoder.encode(symbols, floats.convert(weights))
         # In place: the engine's rows are not needed again.
         _mix_online(online, [index] * len(weights), weights, candidates[index][positions],
                     match_lengths[index][positions], lambda offset, row: symbols[offset])
-        encoders[index].encode(start, symbols, weights, alone)
+        encoders[index].encode(start, symbols, weights, alone, floats)
     online.end_unit()
     if alone_payloads is not None:
         alone_payloads += [encoder.alone_encoder.finish() for encoder in encoders]
