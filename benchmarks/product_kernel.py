@@ -1,6 +1,6 @@
 """Throughput of the GGUF engine's product kernel against what this machine's cores can do at all.
 
-    python benchmarks/kernels.py [--tokens 1 16 256] [--repeat 5] [--json FILE]
+    python benchmarks/product_kernel.py [--tokens 1 16 256] [--repeat 5] [--json FILE]
 
 Speeds measured on a shared machine move with its host: the same code ran at 40 GMAC/s on one
 thread one day and at 11 another. So this script first measures the ceiling of the day: a
@@ -8,9 +8,10 @@ probe compiled with the system C compiler runs independent `vpmaddwd` (16 int16 
 an instruction, what the kernel uses) and `vpmaddubsw` (32 uint8 x int8, what int8 inputs would
 allow) with nothing else in the loop, on one core. Then the compiled product kernel runs the
 default model's matrix shapes (SmolLM2-135M: Q4_1 q/k/v, output, gate/up and down products, the
-Q8_0 output layer) on random codes, for 1 and 2 threads and each number of input rows, and each
-figure is printed with its share of the one-core `vpmaddwd` ceiling. The fastest of --repeat
-runs is kept.
+Q8_0 output layer) on random codes, for 1 and 2 threads and each number of input rows, with the
+inputs of engine version 1 (int16 rows) and, for the 4-bit matrices, of version 2 (int8 blocks),
+and each figure is printed with its share of the one-core `vpmaddwd` ceiling. The fastest of
+--repeat runs is kept.
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ def random_matrix(rows: int, inputs: int, kind: str, rng) -> gguf_llama.Quantise
     return gguf_llama.QuantisedMatrix(codes, scales, minimums, np.zeros(rows, np.int32), signed=False)
 
 
-def product_speed(matrix, tokens: int, threads: int, repeat: int, rng) -> float:
-    """Fastest multiply-adds a second (G/s) of matrix @ `tokens` random int16 rows."""
-    products = gguf_llama._Products(compiled=True, threads=threads)
+def product_speed(matrix, tokens: int, threads: int, repeat: int, rng, int8_inputs: bool) -> float:
+    """Fastest multiply-adds a second (G/s) of matrix @ `tokens` random int16 rows (taken as int8
+    blocks with `int8_inputs`, as engine version 2 does for 4-bit matrices)."""
+    products = gguf_llama._Products(compiled=True, threads=threads, int8_inputs=int8_inputs)
     x = torch.from_numpy(rng.integers(-2**15 + 1, 2**15, (tokens, matrix.inputs)).astype(np.int16))
     exponent = torch.zeros(tokens, dtype=torch.int32)
     products.linear(matrix, x, exponent)  # lays the codes out once
@@ -129,17 +131,18 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     matrices = {name: random_matrix(rows, inputs, kind, rng) for name, rows, inputs, kind in SHAPES}
     figures = []
-    print("\n| product | rows x inputs | tokens | threads | GMAC/s | of one core's vpmaddwd ceiling |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("\n| product | rows x inputs | inputs | tokens | threads | GMAC/s | of one core's vpmaddwd ceiling |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for name, rows, inputs, kind in SHAPES:
-        for tokens in args.tokens:
-            for threads in args.threads:
-                speed = product_speed(matrices[name], tokens, threads, args.repeat, rng)
-                share = f"{speed / peak:.0%}" if peak else "-"
-                print(f"| {name} ({kind}) | {rows} x {inputs} | {tokens} | {threads} | {speed:.1f} | {share} |",
-                      flush=True)
-                figures.append({"product": name, "rows": rows, "inputs": inputs, "kind": kind, "tokens": tokens,
-                                "threads": threads, "gmac_per_s": speed})
+        for input_kind in ("int16", "int8 blocks") if kind != "Q8_0" else ("int16",):
+            for tokens in args.tokens:
+                for threads in args.threads:
+                    speed = product_speed(matrices[name], tokens, threads, args.repeat, rng, input_kind != "int16")
+                    share = f"{speed / peak:.0%}" if peak else "-"
+                    print(f"| {name} ({kind}) | {rows} x {inputs} | {input_kind} | {tokens} | {threads} | {speed:.1f} "
+                          f"| {share} |", flush=True)
+                    figures.append({"product": name, "rows": rows, "inputs": inputs, "kind": kind,
+                                    "input": input_kind, "tokens": tokens, "threads": threads, "gmac_per_s": speed})
     if args.json:
         args.json.write_text(json.dumps({"machine": cpu_name(), "ceiling": ceiling, "products": figures},
                                         indent=1) + "\n")
