@@ -61,24 +61,23 @@ def main(argv=None) -> int:
     chunks = [tokens[start : start + args.chunk_tokens] for start in range(0, len(tokens), args.chunk_tokens)]
     result = {"file": args.file.name, "bytes": len(data), "tokens": len(tokens), "chunk_tokens": args.chunk_tokens,
               "machine": cpu_name(), "threads": torch.get_num_threads()}
-    exact = {}
+    exact = {}  # label -> bits
     for version in args.engine_versions or [None]:
         engine = loaded.engine(exact=True, device="cpu", version=version)
+        label = f"exact_v{engine.settings.get('version')}"
         seconds = []
         for _ in range(args.repeat):
             began = time.perf_counter()
-            exact[version] = exact_bits(engine, chunks)
+            exact[label] = exact_bits(engine, chunks)
             seconds.append(time.perf_counter() - began)
-        label = f"exact_v{engine.settings.get('version')}"
-        result[f"{label}_bits_per_byte"] = exact[version] / len(data)
+        result[f"{label}_bits_per_byte"] = exact[label] / len(data)
         result[f"{label}_positions_per_second"] = len(tokens) / min(seconds)
     if not args.no_float:
         began = time.perf_counter()
         ideal = float_bits(loaded.float_backend().to("cpu").eval(), chunks, loaded.tokenizer.start_token)
         result["float_bits_per_byte"] = ideal / len(data)
         result["float_positions_per_second"] = len(tokens) / (time.perf_counter() - began)
-        for version, bits in exact.items():
-            label = f"exact_v{loaded.engine(exact=True, device='cpu', version=version).settings.get('version')}"
+        for label, bits in exact.items():
             result[f"{label}_over_float_percent"] = 100 * (bits - ideal) / ideal
     print(json.dumps(result))
     return 0

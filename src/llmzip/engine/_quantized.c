@@ -184,6 +184,30 @@ __attribute__((target("avx2"))) static inline void store_lanes(const LinearTask 
     store_row_group(task, t, group, totals);
 }
 
+/* even[n], odd[n] (rows 0, 2, 4, 6 and 1, 3, 5, 7 in int64) += block b's int32 row sums of token
+ * t0 + n times the block scales, plus the minimums times the token's block input sum (Q4_1). */
+__attribute__((always_inline, target("avx2"))) static inline void add_block(const LinearTask *task, Py_ssize_t group,
+                                                                            Py_ssize_t b, Py_ssize_t t0,
+                                                                            const int tokens, const __m256i *sums,
+                                                                            __m256i *even, __m256i *odd) {
+    const Py_ssize_t blocks = task->K / BLOCK, at = (group * blocks + b) * ROWS_PER_GROUP;
+    __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));
+    __m256i scale_odd = _mm256_srli_epi64(scale, 32);
+    for (int n = 0; n < tokens; n++) {
+        even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sums[n], scale));
+        odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sums[n], 32), scale_odd));
+    }
+    if (task->minimums) {
+        __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));
+        __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);
+        for (int n = 0; n < tokens; n++) {
+            __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);
+            even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));
+            odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));
+        }
+    }
+}
+
 /* sums[n] += the 8 rows' pair `pair` (int16 weights) times token n's inputs 2 pair, 2 pair + 1 */
 #define ADD_PAIR(WEIGHTS, PAIR, TOKENS)                                                                                \
     {                                                                                                                  \
@@ -232,22 +256,7 @@ __attribute__((target("avx2"))) static inline void store_lanes(const LinearTask 
                                  TOKENS)                                                                               \
                     }                                                                                                  \
                 }                                                                                                      \
-            const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                               \
-            __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                                  \
-            __m256i scale_odd = _mm256_srli_epi64(scale, 32);                                                          \
-            for (int n = 0; n < TOKENS; n++) {                                                                         \
-                even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sums[n], scale));                                 \
-                odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sums[n], 32), scale_odd));        \
-            }                                                                                                          \
-            if (task->minimums) {                                                                                      \
-                __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));                          \
-                __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);                                                  \
-                for (int n = 0; n < TOKENS; n++) {                                                                     \
-                    __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);                    \
-                    even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));                         \
-                    odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));                       \
-                }                                                                                                      \
-            }                                                                                                          \
+            add_block(task, group, b, t0, TOKENS, sums, even, odd);                                                    \
         }                                                                                                              \
         for (int n = 0; n < TOKENS; n++) store_lanes(task, t0 + n, group, even[n], odd[n]);                           \
     }
@@ -286,24 +295,10 @@ DEFINE_TILE(1)
                     }                                                                                                  \
                 }                                                                                                      \
             }                                                                                                          \
-            const Py_ssize_t at = (group * blocks + b) * ROWS_PER_GROUP;                                               \
-            __m256i scale = _mm256_loadu_si256((const __m256i *)(task->scales + at));                                  \
-            __m256i scale_odd = _mm256_srli_epi64(scale, 32);                                                          \
-            for (int n = 0; n < TOKENS; n++) {                                                                         \
-                __m256i multiplier = _mm256_set1_epi32(task->multipliers[(t0 + n) * blocks + b]);                      \
-                __m256i sum = _mm256_mullo_epi32(_mm256_madd_epi16(sums[n], ones), multiplier);                        \
-                even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(sum, scale));                                     \
-                odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(_mm256_srli_epi64(sum, 32), scale_odd));            \
-            }                                                                                                          \
-            if (task->minimums) {                                                                                      \
-                __m256i minimum = _mm256_loadu_si256((const __m256i *)(task->minimums + at));                          \
-                __m256i minimum_odd = _mm256_srli_epi64(minimum, 32);                                                  \
-                for (int n = 0; n < TOKENS; n++) {                                                                     \
-                    __m256i input_sum = _mm256_set1_epi32(task->block_sums[(t0 + n) * blocks + b]);                    \
-                    even[n] = _mm256_add_epi64(even[n], _mm256_mul_epi32(minimum, input_sum));                         \
-                    odd[n] = _mm256_add_epi64(odd[n], _mm256_mul_epi32(minimum_odd, input_sum));                       \
-                }                                                                                                      \
-            }                                                                                                          \
+            for (int n = 0; n < TOKENS; n++) /* a row's two int16 lanes joined, times the block's multiplier */        \
+                sums[n] = _mm256_mullo_epi32(_mm256_madd_epi16(sums[n], ones),                                         \
+                                             _mm256_set1_epi32(task->multipliers[(t0 + n) * blocks + b]));             \
+            add_block(task, group, b, t0, TOKENS, sums, even, odd);                                                    \
         }                                                                                                              \
         for (int n = 0; n < TOKENS; n++) store_lanes(task, t0 + n, group, even[n], odd[n]);                           \
     }

@@ -726,6 +726,11 @@ class _Tables(LlamaTables):
         self.output_array = self.output.cpu().numpy().astype(np.int64)
 
 
+def _check_version(version: int) -> None:
+    if version not in VERSIONS:
+        raise ValueError(f"GGUF engine version {version} (this llmzip has {', '.join(map(str, VERSIONS))})")
+
+
 class ExactGGUFLlamaEngine(ExactEngine):
     """Exact engine computing with a GGUF Llama file's own quantised integers."""
 
@@ -733,8 +738,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
     def __init__(self, model: GGUFLlama, device: str | torch.device = "cpu", start_token: int = 0,
                  context_length: int | None = None, threads: int | None = None, reference: bool = False,
                  plain: bool = False, version: int = FORMAT_VERSION):
-        if version not in VERSIONS:
-            raise ValueError(f"GGUF engine version {version} (this llmzip has {', '.join(map(str, VERSIONS))})")
+        _check_version(version)
         model.reopen()
         shape = model.shape
         self.shape = shape
@@ -798,8 +802,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
         its own settings and products."""
         if version == self.settings["version"]:
             return self
-        if version not in VERSIONS:
-            raise ValueError(f"GGUF engine version {version} (this llmzip has {', '.join(map(str, VERSIONS))})")
+        _check_version(version)
         other = copy.copy(self)
         other.products = copy.copy(self.products)
         other.products.int8_inputs = version >= 2
