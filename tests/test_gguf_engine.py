@@ -118,9 +118,12 @@ def test_product_kernel_equals_reference_on_extreme_inputs(kind, int8_inputs):
     for plain in (False, True):
         for threads in (1, 2):
             assert torch.equal(_Products(True, threads, plain, int8_inputs).linear(matrix, x, exponent), expected)
-    for tokens in (1, 2, 3, 5, 8):  # every tile width of the kernel, and a remainder
+    for tokens in range(1, 10):  # every tile width of the kernel, and 9 tokens as two tiles
         assert torch.equal(_Products(True, 1, False, int8_inputs).linear(matrix, x[:tokens], exponent[:tokens]),
                            expected[:tokens])
+    x17, exponent17 = torch.cat([x, x[:8]]), torch.cat([exponent, exponent[:8]])  # three tiles: 5 + 6 + 6
+    assert torch.equal(_Products(True, 2, False, int8_inputs).linear(matrix, x17, exponent17),
+                       torch.cat([expected, expected[:8]]))
     accumulated = torch.full_like(expected, 5)
     _Products(True, 2, int8_inputs=int8_inputs).linear(matrix, x, exponent, accumulate_into=accumulated)
     assert torch.equal(accumulated, expected + 5)

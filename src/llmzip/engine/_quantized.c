@@ -262,6 +262,9 @@ __attribute__((always_inline, target("avx2"))) static inline void add_block(cons
     }
 
 DEFINE_TILE(8)
+DEFINE_TILE(7)
+DEFINE_TILE(6)
+DEFINE_TILE(5)
 DEFINE_TILE(4)
 DEFINE_TILE(3)
 DEFINE_TILE(2)
@@ -269,8 +272,9 @@ DEFINE_TILE(1)
 
 /* The same with int8 input blocks and 4-bit codes: vpmaddubsw multiplies a step's 8 rows x 4 codes
  * by the token's 4 inputs broadcast, two products in each int16 lane; the 8 steps of a block add
- * up in int16 (|lane| <= 8 * 2 * 15 * 127 = 30480), vpmaddwd with ones joins a row's two lanes into
- * int32, and the block's multiplier c (<= 258) scales the sum before the block scale does. */
+ * up in int16 (|lane| <= 8 * 2 * 15 * 127 = 30480), and vpmaddwd with the block's multiplier c
+ * (<= 258) broadcast joins a row's two lanes into int32 times c in one instruction (|c * (a + b)|
+ * <= 258 * 60960 < 2**24), before the block scale multiplies. */
 #define DEFINE_INT8_TILE(TOKENS)                                                                                       \
     __attribute__((target("avx2"))) static void linear_int8_tile_##TOKENS(const LinearTask *task, Py_ssize_t group,    \
                                                                            Py_ssize_t t0) {                            \
@@ -279,7 +283,7 @@ DEFINE_TILE(1)
         for (int n = 0; n < TOKENS; n++) even[n] = odd[n] = _mm256_setzero_si256();                                    \
         const int8_t *rows[TOKENS];                                                                                    \
         for (int n = 0; n < TOKENS; n++) rows[n] = task->x8 + (t0 + n) * task->K;                                      \
-        const __m256i nibble = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);                                      \
+        const __m256i nibble = _mm256_set1_epi8(15);                                                                   \
         for (Py_ssize_t b = 0; b < blocks; b++) {                                                                      \
             const uint8_t *codes = task->codes + (group * blocks + b) * code_bytes(0);                                 \
             __m256i sums[TOKENS];                                                                                      \
@@ -295,15 +299,18 @@ DEFINE_TILE(1)
                     }                                                                                                  \
                 }                                                                                                      \
             }                                                                                                          \
-            for (int n = 0; n < TOKENS; n++) /* a row's two int16 lanes joined, times the block's multiplier */        \
-                sums[n] = _mm256_mullo_epi32(_mm256_madd_epi16(sums[n], ones),                                         \
-                                             _mm256_set1_epi32(task->multipliers[(t0 + n) * blocks + b]));             \
+            for (int n = 0; n < TOKENS; n++) /* a row's two int16 lanes joined and times the block's multiplier */    \
+                sums[n] = _mm256_madd_epi16(sums[n],                                                                   \
+                                            _mm256_set1_epi16((int16_t)task->multipliers[(t0 + n) * blocks + b]));     \
             add_block(task, group, b, t0, TOKENS, sums, even, odd);                                                    \
         }                                                                                                              \
         for (int n = 0; n < TOKENS; n++) store_lanes(task, t0 + n, group, even[n], odd[n]);                           \
     }
 
 DEFINE_INT8_TILE(8)
+DEFINE_INT8_TILE(7)
+DEFINE_INT8_TILE(6)
+DEFINE_INT8_TILE(5)
 DEFINE_INT8_TILE(4)
 DEFINE_INT8_TILE(3)
 DEFINE_INT8_TILE(2)
@@ -314,19 +321,28 @@ DEFINE_INT8_TILE(1)
 typedef void (*TileFunction)(const LinearTask *, Py_ssize_t, Py_ssize_t);
 
 static void linear_avx2(const LinearTask *task) {
-    static const TileFunction int16_tiles[9] = {NULL, linear_tile_1, linear_tile_2, linear_tile_3, linear_tile_4,
-                                                NULL, NULL, NULL, linear_tile_8};
-    static const TileFunction int8_tiles[9] = {NULL, linear_int8_tile_1, linear_int8_tile_2, linear_int8_tile_3,
-                                               linear_int8_tile_4, NULL, NULL, NULL, linear_int8_tile_8};
+    static const TileFunction int16_tiles[9] = {NULL,          linear_tile_1, linear_tile_2, linear_tile_3, linear_tile_4,
+                                                linear_tile_5, linear_tile_6, linear_tile_7, linear_tile_8};
+    static const TileFunction int8_tiles[9] = {NULL,
+                                               linear_int8_tile_1,
+                                               linear_int8_tile_2,
+                                               linear_int8_tile_3,
+                                               linear_int8_tile_4,
+                                               linear_int8_tile_5,
+                                               linear_int8_tile_6,
+                                               linear_int8_tile_7,
+                                               linear_int8_tile_8};
     const TileFunction *tiles = task->x8 ? int8_tiles : int16_tiles;
     for (Py_ssize_t begin = 0; begin < task->T; begin += TOKEN_TILE) {
         Py_ssize_t end = begin + TOKEN_TILE < task->T ? begin + TOKEN_TILE : task->T;
-        for (Py_ssize_t group = task->group_begin; group < task->group_end; group++) {
-            Py_ssize_t t = begin;
-            for (; t + 8 <= end; t += 8) tiles[8](task, group, t);
-            for (; t + 4 <= end; t += 4) tiles[4](task, group, t);
-            if (end > t) tiles[end - t](task, group, t);
-        }
+        /* tiles of at most 8 tokens, as even as can be: 9 tokens as 5 + 4, not 8 + 1, since a
+         * tile's unpacking of the codes is shared by its tokens */
+        const Py_ssize_t count = (end - begin + 7) / 8;
+        for (Py_ssize_t group = task->group_begin; group < task->group_end; group++)
+            for (Py_ssize_t i = 0; i < count; i++) {
+                Py_ssize_t first = begin + (end - begin) * i / count, last = begin + (end - begin) * (i + 1) / count;
+                tiles[last - first](task, group, first);
+            }
     }
 }
 #endif
@@ -1307,12 +1323,47 @@ static PyObject *swiglu(PyObject *self, PyObject *args) {
 
 /* Integer logits -> integer weights summing to 2**total_bits, in place (twin: exact.integer_rows):
  * table[min(best - logit, last)], scaled through a 62-bit reciprocal of the row's sum, and the
- * first best token takes what the flooring lost. */
+ * first best token takes what the flooring lost. Rows are independent: threads split them. */
+typedef struct {
+    int64_t *logits;
+    const int64_t *table;
+    Py_ssize_t begin, end, V, table_length;
+    int total_bits;
+} OutputRowsTask;
+
+static void *output_rows_worker(void *argument) {
+    const OutputRowsTask *task = argument;
+    const Py_ssize_t V = task->V;
+    for (Py_ssize_t n = task->begin; n < task->end && V > 0; n++) {
+        int64_t *row = task->logits + n * V;
+        Py_ssize_t first = 0;
+        for (Py_ssize_t v = 1; v < V; v++)
+            if (row[v] > row[first]) first = v;
+        const int64_t best = row[first];
+        int64_t total = 0;
+        for (Py_ssize_t v = 0; v < V; v++) {
+            int64_t gap = best - row[v];
+            if (gap > task->table_length - 1) gap = task->table_length - 1;
+            row[v] = task->table[gap];
+            total += row[v];
+        }
+        const int64_t reciprocal = ((int64_t)1 << 62) / total;
+        int64_t sum = 0;
+        for (Py_ssize_t v = 0; v < V; v++) {
+            row[v] = (row[v] * reciprocal) >> (62 - task->total_bits);
+            sum += row[v];
+        }
+        row[first] += ((int64_t)1 << task->total_bits) - sum;
+    }
+    return NULL;
+}
+
 static PyObject *output_rows(PyObject *self, PyObject *args) {
     PyObject *logits_object, *table_object;
     Py_ssize_t N, V, table_length;
-    int total_bits;
-    if (!PyArg_ParseTuple(args, "OOnnni", &logits_object, &table_object, &N, &V, &table_length, &total_bits))
+    int total_bits, threads;
+    if (!PyArg_ParseTuple(args, "OOnnnii", &logits_object, &table_object, &N, &V, &table_length, &total_bits,
+                          &threads))
         return NULL;
     if (table_length <= 0 || total_bits < 1 || total_bits > 40) {
         PyErr_SetString(PyExc_ValueError, "bad table or total");
@@ -1326,28 +1377,14 @@ static PyObject *output_rows(PyObject *self, PyObject *args) {
         release(&buffers);
         return NULL;
     }
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > N) threads = N > 0 ? (int)N : 1;
+    OutputRowsTask tasks[MAX_THREADS];
+    for (int i = 0; i < threads; i++)
+        tasks[i] = (OutputRowsTask){logits, table, N * i / threads, N * (i + 1) / threads, V, table_length, total_bits};
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t n = 0; n < N && V > 0; n++) {
-        int64_t *row = logits + n * V;
-        Py_ssize_t first = 0;
-        for (Py_ssize_t v = 1; v < V; v++)
-            if (row[v] > row[first]) first = v;
-        const int64_t best = row[first];
-        int64_t total = 0;
-        for (Py_ssize_t v = 0; v < V; v++) {
-            int64_t gap = best - row[v];
-            if (gap > table_length - 1) gap = table_length - 1;
-            row[v] = table[gap];
-            total += row[v];
-        }
-        const int64_t reciprocal = ((int64_t)1 << 62) / total;
-        int64_t sum = 0;
-        for (Py_ssize_t v = 0; v < V; v++) {
-            row[v] = (row[v] * reciprocal) >> (62 - total_bits);
-            sum += row[v];
-        }
-        row[first] += ((int64_t)1 << total_bits) - sum;
-    }
+    run_parallel(output_rows_worker, tasks, sizeof(OutputRowsTask), threads);
     Py_END_ALLOW_THREADS
     release(&buffers);
     Py_RETURN_NONE;

@@ -30,6 +30,10 @@ class ExactEngine:
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _piece_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """One piece of a full pass's rows; an engine may reuse their memory for the next piece."""
+        return self._rows(x)
+
     def set_threads(self, threads: int | None) -> None:
         """Threads for engines with their own kernels (gguf_llama.py); torch products use torch's."""
 
@@ -55,7 +59,7 @@ class ExactEngine:
         """Rows for every position of each sequence: row t predicts tokens[t] from [start] + tokens[:t]."""
         pieces: list[list[np.ndarray]] = [[] for _ in token_lists]
         for index, _, rows in self.sequence_pieces(token_lists):
-            pieces[index].append(rows)
+            pieces[index].append(rows.copy())  # a piece's memory may serve the next one
         return [np.concatenate(parts) if len(parts) > 1 else parts[0] if parts
                 else np.zeros((0, self.vocab_size), dtype=np.int64) for parts in pieces]
 
@@ -63,7 +67,7 @@ class ExactEngine:
     def sequence_pieces(self, token_lists: list[np.ndarray]):
         """The same rows in pieces of at most HEAD_ROWS_PER_PASS positions, as (sequence, start, rows):
         a 1,023-token chunk of a 49,152-token vocabulary is 400 MB of rows at once. Each sequence's
-        pieces come in order."""
+        pieces come in order; a piece is valid until the next one is asked for."""
         token_lists = [np.asarray(tokens, dtype=np.int64) for tokens in token_lists]
         for tokens in token_lists:
             if len(tokens) > self.context_length:
@@ -94,7 +98,7 @@ class ExactEngine:
         for row, i in enumerate(group):
             length = len(token_lists[i])
             for start in range(0, length, HEAD_ROWS_PER_PASS):
-                yield i, start, self._rows(x[row, start : min(length, start + HEAD_ROWS_PER_PASS)]).cpu().numpy()
+                yield i, start, self._piece_rows(x[row, start : min(length, start + HEAD_ROWS_PER_PASS)]).cpu().numpy()
 
 
 class _Cache:

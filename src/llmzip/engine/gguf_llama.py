@@ -339,13 +339,17 @@ class _Products:
         return self.fixed_threads or torch.get_num_threads()
 
     def linear(self, matrix: QuantisedMatrix, x: torch.Tensor, exponent: torch.Tensor,
-               accumulate_into: torch.Tensor | None = None) -> torch.Tensor:
-        """x int16 (N, K), exponent int32 (N,) -> int64 (N, R); added into `accumulate_into` when given."""
+               accumulate_into: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x int16 (N, K), exponent int32 (N,) -> int64 (N, R); added into `accumulate_into` when
+        given, else written into `out` when given (compiled kernels)."""
         N = x.shape[0]
         row_exponent = matrix.total_exponent()
         if self.compiled:
             codes, scales, minimums = matrix.kernel_layout()
-            out = accumulate_into if accumulate_into is not None else torch.empty(N, matrix.rows, dtype=torch.int64)
+            if accumulate_into is not None:
+                out = accumulate_into
+            elif out is None:
+                out = torch.empty(N, matrix.rows, dtype=torch.int64)
             _quantized.linear(x.numpy(), exponent.numpy(), codes, scales, minimums, row_exponent, out.numpy(), N,
                               matrix.inputs, matrix.rows, matrix.signed, accumulate_into is not None, self.threads,
                               self.plain, matrix.limits, self.int8_inputs)
@@ -848,11 +852,22 @@ class ExactGGUFLlamaEngine(ExactEngine):
             self.cos, self.sin = cos.to(self.device), sin.to(self.device)
         return self.cos, self.sin
 
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+    def _rows(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         h, exponent = self.products.rms_norm(x.contiguous(), self.norm_f)
-        logits = self.products.linear(self.head, h, exponent)
         if not self.products.compiled:
-            return integer_rows(logits, self.tables.output)
+            return integer_rows(self.products.linear(self.head, h, exponent), self.tables.output)
+        logits = self.products.linear(self.head, h, exponent, out=out)
         table = self.tables.output_array
-        _quantized.output_rows(logits.numpy(), table, logits.shape[0], logits.shape[1], len(table), ROW_TOTAL_BITS)
+        _quantized.output_rows(logits.numpy(), table, logits.shape[0], logits.shape[1], len(table), ROW_TOTAL_BITS,
+                               1 if len(logits) < 64 else self.products.threads)
         return logits
+
+    def _piece_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """A full pass's rows into one buffer kept from piece to piece: a fresh 100 MB of rows per
+        piece costs more in page faults than coding them."""
+        if not self.products.compiled:
+            return self._rows(x)
+        size = len(x) * self.vocab_size
+        if getattr(self, "_piece_buffer", None) is None or self._piece_buffer.numel() < size:
+            self._piece_buffer = torch.empty(size, dtype=torch.int64)
+        return self._rows(x, out=self._piece_buffer[:size].view(len(x), self.vocab_size))
