@@ -11,7 +11,7 @@ Two parts, both in integers only, so a decoder reproduces every row bit for bit:
   between nodes one bit apart), whose cells count hits and trials.
 
 The mixed row gives the candidate that estimated probability and scales every other entry of
-the model's row by one common integer factor (`mix_rows`); rows without a candidate are the
+the model's row by one common integer factor (`mix_row`); rows without a candidate are the
 model's rows unchanged.
 
 The file's rule for parallel decoding (docs/FORMAT.md, "The online model"): model chunks are
@@ -108,33 +108,31 @@ def length_context(length: int) -> int:
 
 # -- the mixed row --------------------------------------------------------------------------------
 
-def mix_rows(weights: np.ndarray, candidates: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """The rows handed to the coder: weights (N, V) summing to 2**30, candidates (N,) (−1: none),
-    probabilities (N,) in 2**-16 (0: leave the row). Encoder and decoder both come through here.
+def mix_row(row: np.ndarray, candidate: int, probability: int) -> None:
+    """The row handed to the coder, in place: row (V,) sums to 2**30, `candidate` (−1: none) gets
+    `probability` in 2**-16 (0: leave the row). Encoder and decoder both come through here.
 
-    Mixes in place (the rows are the caller's own copy) and returns `weights`.
-
-    A mixed row gives the candidate probability p and scales every other entry by
-    f = floor((2**30 − p·2**30) · 2**30 / rest), rest being what the model gave the others;
-    entries stay below 2**60, and the candidate takes what the floors leave, so the row sums to
-    exactly 2**30 with no entry negative.
+    The candidate gets p and every other entry is scaled by f = floor((2**30 − p·2**30) · 2**30
+    / rest), rest being what the model gave the others; entries stay below 2**60, and the
+    candidate takes what the floors leave, so the row sums to exactly 2**30 with no entry
+    negative. Views only: a decoding step mixes one row at a time.
     """
-    rows = np.flatnonzero((candidates >= 0) & (probabilities > 0))
-    if len(rows) == 0:
-        return weights
-    mixed = weights
+    if candidate < 0 or probability <= 0:
+        return
     total = 1 << ROW_TOTAL_BITS
-    chosen = candidates[rows].astype(np.int64)
-    rest = total - mixed[rows, chosen]  # > 0: online.target leaves rows where the candidate has it all
-    target = probabilities[rows].astype(np.int64) << (ROW_TOTAL_BITS - PROBABILITY_BITS)
-    factor = ((total - target) << ROW_TOTAL_BITS) // rest
-    block = mixed[rows]
-    block *= factor[:, None]
-    block >>= ROW_TOTAL_BITS
-    block[np.arange(len(rows)), chosen] = 0
-    block[np.arange(len(rows)), chosen] = total - block.sum(axis=1)
-    mixed[rows] = block
-    return mixed
+    rest = total - int(row[candidate])  # > 0: online.target leaves rows where the candidate has it all
+    target = int(probability) << (ROW_TOTAL_BITS - PROBABILITY_BITS)
+    row *= ((total - target) << ROW_TOTAL_BITS) // rest
+    row >>= ROW_TOTAL_BITS
+    row[candidate] = 0
+    row[candidate] = total - int(row.sum())
+
+
+def mix_rows(weights: np.ndarray, candidates: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """mix_row on each row of weights (N, V), in place; returns `weights`."""
+    for row, candidate, probability in zip(weights, candidates.tolist(), probabilities.tolist()):
+        mix_row(row, candidate, probability)
+    return weights
 
 
 # -- the online model -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import numpy as np
 from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
 from .errors import CorruptError
-from .online import OnlineModel, mix_rows
+from .online import OnlineModel, mix_row
 from .record import ModelRecord
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
@@ -139,7 +139,7 @@ def _mix_online(online: OnlineModel, chunks: list[int], rows: np.ndarray, candid
         if candidate >= 0:
             probability, cell, fraction = online.target(chunks[i], int(match_lengths[i]), int(row[0, candidate]))
         if probability:
-            mix_rows(row, candidates[i : i + 1], np.array([probability], dtype=np.int64))
+            mix_row(row[0], candidate, probability)
         token = token_at(i, row)
         if probability:
             online.learn(chunks[i], cell, fraction, token == candidate)

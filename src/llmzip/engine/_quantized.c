@@ -1617,7 +1617,7 @@ static PyMethodDef methods[] = {
     {"swiglu", swiglu, METH_VARARGS,
      "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent)"},
     {"output_rows", output_rows, METH_VARARGS,
-     "output_rows(logits, table, N, V, table_length, total_bits): integer logits to coder weights, in place"},
+     "output_rows(logits, table, N, V, table_length, total_bits, threads): integer logits to coder weights, in place"},
     {"block", block, METH_VARARGS,
      "block(layer, x, B, T, start, cos, sin, table_rows, keys, key_exponent, values, value_exponent, position, "
      "capacity, threads, plain, int8_inputs): one transformer block on x (B * T rows) in place, keys and values cached"},
