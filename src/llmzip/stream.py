@@ -37,7 +37,13 @@ from .online import OnlineModel, mix_row
 from .record import ModelRecord
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
-_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
+_XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]  # what the decoder reads: an 8 MiB dictionary
+# The encoder also tries xz's extreme search with the same dictionary and literal settings (the
+# decoder reads both with _XZ_FILTERS) and keeps the smaller: raw LZMA2 as small as xz -9e's
+# payload, without xz's 60 bytes of stream framing, keeps a file that falls back to xz whole no
+# larger than xz -9e.
+_XZ_ENCODER_FILTERS = ([{"id": lzma.FILTER_LZMA2, "preset": 6}],
+                       [{"id": lzma.FILTER_LZMA2, "preset": 6 | lzma.PRESET_EXTREME}])
 MIN_MODEL_PAYLOAD = 4  # the range coder ends every chunk of one token or more with at least one 32-bit word
 # The exact engine decodes up to this many chunks of consecutive groups in lockstep, within a
 # budget for their key/value caches (SmolLM2-135M in the GGUF engine needs ~25 MB per 1023-token chunk).
@@ -77,7 +83,8 @@ def looks_like_text(block: bytes) -> bool:
 
 
 def _raw_chunk(data: bytes) -> ChunkRecord:
-    compressed = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_XZ_FILTERS)
+    compressed = min((lzma.compress(data, format=lzma.FORMAT_RAW, filters=filters) for filters in _XZ_ENCODER_FILTERS),
+                     key=len)
     if len(compressed) < len(data):
         return ChunkRecord(CHUNK_XZ, len(data), 0, zlib.crc32(data), compressed)
     return ChunkRecord(CHUNK_STORED, len(data), 0, zlib.crc32(data), data)
