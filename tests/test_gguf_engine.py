@@ -245,3 +245,25 @@ def test_engine_versions_differ_only_where_inputs_are_rounded(model_file):
     assert switched.settings == first.settings and switched.blocks is second.blocks
     assert np.array_equal(switched.sequence_weights(SEQUENCES[:1])[0], rows[0])
     assert np.array_equal(second.sequence_weights(SEQUENCES[:1])[0], rows[1])
+
+
+def test_attention_of_the_default_models_shape_equals_its_twins(tmp_path):
+    """Three query heads per key-value head and heads of 64 (SmolLM2-135M's attention), over
+    sequences of every parity and longer than the kernel's runs of 30 keys: the AVX2 kernel, plain C
+    and the torch reference give the same rows, in a full pass and step by step."""
+    path = str(make_gguf_llama(tmp_path / "wide.gguf", dim=384, heads=6, kv_heads=2, hidden=128, layers=1,
+                               context_length=160, seed=7))
+    sequences = [np.arange(11, 11 + n) % 264 for n in (1, 30, 31, 61, 150)]
+    compiled = engine(path, threads=2).sequence_weights(sequences)
+    for expected, rows in zip(compiled, engine(path, threads=1, plain=True).sequence_weights(sequences)):
+        assert np.array_equal(rows, expected)
+    for expected, rows in zip(compiled, engine(path, reference=True).sequence_weights(sequences)):
+        assert np.array_equal(rows, expected)
+    session = engine(path, threads=2).start(len(sequences))
+    feed = np.zeros(len(sequences), dtype=np.int64)
+    for step in range(150):
+        rows = session.advance(feed)
+        for index, tokens in enumerate(sequences):
+            if step < len(tokens):
+                assert np.array_equal(rows[index], compiled[index][step])
+        feed = np.array([tokens[step] if step < len(tokens) else 0 for tokens in sequences])

@@ -1002,16 +1002,73 @@ __attribute__((always_inline, target("avx2"))) static inline void shared_integer
         }
 }
 
+#define WEIGHT_LOW_BITS 11 /* a key's weight W <= 2**22 as high * 2**11 + low: low < 2**11, high <= 2**11 */
+#define WEIGHT_LIMIT ((int64_t)1 << (2 * WEIGHT_LOW_BITS))
+#define PAIRS_PER_FLUSH 15 /* int32 lanes take 15 pairs of products below 2**27 each */
+
+/* acc[r * D + d] = sum over j < seen of W_rj * values[j][d], rows r < R (R <= 3), D % 16 == 0, where
+ * W_rj = high[r * stride + j] * 2**11 + low[r * stride + j] (the weights as the int16 pairs vpmaddwd
+ * takes; `low` and `high` padded to an even count). Two keys' values are interleaved so that one
+ * vpmaddwd weighs both (|v| <= 32767, halves <= 2048: a lane's pair is below 2**27), int32 lanes add
+ * 15 pairs (below 2**31), then join int64 totals: the same integers as the doubles of shared_mix,
+ * twice the products an instruction and no conversions. */
+__attribute__((always_inline, target("avx2"))) static inline void add_lanes(int64_t *acc, __m256i first,
+                                                                           __m256i second, int shift) {
+    /* lanes of `first` are d = 0-3 and 8-11 of the 16, those of `second` 4-7 and 12-15 */
+    __m256i parts[4] = {_mm256_cvtepi32_epi64(_mm256_castsi256_si128(first)),
+                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(second)),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(first, 1)),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(second, 1))};
+    for (int n = 0; n < 4; n++) {
+        __m256i sum = _mm256_loadu_si256((const __m256i *)(acc + 4 * n));
+        _mm256_storeu_si256((__m256i *)(acc + 4 * n), _mm256_add_epi64(sum, _mm256_slli_epi64(parts[n], shift)));
+    }
+}
+
+__attribute__((always_inline, target("avx2"))) static inline void shared_integer_mix(
+    const int16_t *low, const int16_t *high, const int16_t *values, Py_ssize_t seen, Py_ssize_t D, const int R,
+    int64_t *acc, Py_ssize_t stride) {
+    for (int r = 0; r < R; r++) memset(acc + r * D, 0, sizeof(int64_t) * D);
+    for (Py_ssize_t d = 0; d < D; d += 16)
+        for (Py_ssize_t j = 0; j < seen;) {
+            const Py_ssize_t end = seen - j > 2 * PAIRS_PER_FLUSH ? j + 2 * PAIRS_PER_FLUSH : seen;
+            __m256i low_first[3], low_second[3], high_first[3], high_second[3];
+            for (int r = 0; r < R; r++)
+                low_first[r] = low_second[r] = high_first[r] = high_second[r] = _mm256_setzero_si256();
+            for (; j < end; j += 2) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(values + j * D + d));
+                __m256i b = j + 1 < end ? _mm256_loadu_si256((const __m256i *)(values + (j + 1) * D + d))
+                                        : _mm256_setzero_si256(); /* its weights are padding zeros */
+                __m256i first = _mm256_unpacklo_epi16(a, b), second = _mm256_unpackhi_epi16(a, b);
+                for (int r = 0; r < R; r++) {
+                    int32_t low_pair, high_pair;
+                    memcpy(&low_pair, low + r * stride + j, 4);
+                    memcpy(&high_pair, high + r * stride + j, 4);
+                    __m256i low_weights = _mm256_set1_epi32(low_pair), high_weights = _mm256_set1_epi32(high_pair);
+                    low_first[r] = _mm256_add_epi32(low_first[r], _mm256_madd_epi16(first, low_weights));
+                    low_second[r] = _mm256_add_epi32(low_second[r], _mm256_madd_epi16(second, low_weights));
+                    high_first[r] = _mm256_add_epi32(high_first[r], _mm256_madd_epi16(first, high_weights));
+                    high_second[r] = _mm256_add_epi32(high_second[r], _mm256_madd_epi16(second, high_weights));
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                add_lanes(acc + r * D + d, low_first[r], low_second[r], 0);
+                add_lanes(acc + r * D + d, high_first[r], high_second[r], WEIGHT_LOW_BITS);
+            }
+        }
+}
+
 #define QUERY_BOUND ((int64_t)1 << 19) /* |q| after the rotation (gguf_llama.ROTATED_BOUND) */
 
 /* R <= 4 query rows of key-value head `pair` that see the same `seen` keys (the query heads of one
  * key-value head at one position); D % 16 == 0. `scores` holds 4 * Tk doubles, `query` and `acc`
- * 4 * D doubles, `low` and `high` 4 * D int16. */
+ * 4 * D doubles, `low` and `high` 4 * D int16, `weight_low` and `weight_high` 4 * (Tk + 2) int16. */
 __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTask *task, Py_ssize_t pair,
                                                               const Py_ssize_t *rows, int R, Py_ssize_t seen,
                                                               double *scores, double *query, double *acc,
-                                                              int16_t *low, int16_t *high) {
-    const Py_ssize_t D = task->D, stride = task->Tk;
+                                                              int16_t *low, int16_t *high, int16_t *weight_low,
+                                                              int16_t *weight_high) {
+    const Py_ssize_t D = task->D, stride = task->Tk, weight_stride = task->Tk + 2;
     const Py_ssize_t base = pair * task->capacity, head = pair % task->H;
     const int16_t *keys = task->k + base * D, *values = task->v + base * D;
     const int32_t *key_exponent = task->k_exponent + base, *value_exponent = task->v_exponent + base;
@@ -1040,23 +1097,58 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
             case 3: shared_scores(query, keys, seen, D, 3, scores, stride); break;
             default: shared_scores(query, keys, seen, D, 4, scores, stride); break;
         }
-    int64_t totals[4];
+    int64_t totals[4], best[4];
+    int small_weights = 1; /* every W = table * 2**exponent at most 2**22: the integer mix */
     for (int r = 0; r < R; r++) {
         double *row = scores + r * stride;
-        int64_t best = INT64_MIN;
+        best[r] = INT64_MIN;
         for (Py_ssize_t j = 0; j < seen; j++) { /* logits, kept as doubles: exact integers far below 2**53 */
             int64_t logit = ((int64_t)row[j] * ((int64_t)1 << key_exponent[j]) * multiplier + half) >> shift;
             row[j] = (double)logit;
-            if (logit > best) best = logit;
+            if (logit > best[r]) best[r] = logit;
         }
         int64_t total = 0;
+        int16_t *low = weight_low + r * weight_stride, *high = weight_high + r * weight_stride;
         for (Py_ssize_t j = 0; j < seen; j++) {
-            int64_t gap = best - (int64_t)row[j];
+            int64_t gap = best[r] - (int64_t)row[j];
             if (gap > task->table_length - 1) gap = task->table_length - 1;
-            total += task->table[gap];
+            const int64_t weight = task->table[gap];
+            total += weight;
+            if (weight < 0 || weight > WEIGHT_LIMIT || value_exponent[j] > 2 * WEIGHT_LOW_BITS ||
+                (weight << value_exponent[j]) > WEIGHT_LIMIT) {
+                small_weights = 0;
+                continue;
+            }
+            low[j] = (int16_t)((weight << value_exponent[j]) & ((1 << WEIGHT_LOW_BITS) - 1));
+            high[j] = (int16_t)((weight << value_exponent[j]) >> WEIGHT_LOW_BITS);
+        }
+        low[seen] = high[seen] = 0; /* the pair of an odd last key */
+        totals[r] = total;
+    }
+    if (small_weights) {
+        int64_t *sums = (int64_t *)acc; /* 4 * D int64 in place of the doubles */
+        for (int first = 0; first < R; first += 3) {
+            const int rows_here = R - first < 3 ? R - first : 3;
+            const int16_t *low = weight_low + first * weight_stride, *high = weight_high + first * weight_stride;
+            switch (rows_here) {
+                case 1: shared_integer_mix(low, high, values, seen, D, 1, sums + first * D, weight_stride); break;
+                case 2: shared_integer_mix(low, high, values, seen, D, 2, sums + first * D, weight_stride); break;
+                default: shared_integer_mix(low, high, values, seen, D, 3, sums + first * D, weight_stride); break;
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            int64_t *out = task->out + (pair * task->Rq + rows[r]) * D;
+            for (Py_ssize_t d = 0; d < D; d++) out[d] = floor_divide(2 * sums[r * D + d] + totals[r], 2 * totals[r]);
+        }
+        return;
+    }
+    for (int r = 0; r < R; r++) { /* weights too large for int16 halves: doubles, exact below 2**53 */
+        double *row = scores + r * stride;
+        for (Py_ssize_t j = 0; j < seen; j++) {
+            int64_t gap = best[r] - (int64_t)row[j];
+            if (gap > task->table_length - 1) gap = task->table_length - 1;
             row[j] = (double)task->table[gap] * (double)((int64_t)1 << value_exponent[j]);
         }
-        totals[r] = total;
     }
     switch (R) {
         case 1: shared_mix(scores, values, seen, D, 1, acc, stride); break;
@@ -1146,7 +1238,8 @@ static void *attention_worker(void *argument) {
         double *scores = PyMem_RawMalloc(sizeof(double) * 4 * (task->Tk > 0 ? task->Tk : 1));
         double *buffers = PyMem_RawMalloc(sizeof(double) * 8 * D);
         int16_t *halves = PyMem_RawMalloc(sizeof(int16_t) * 8 * D);
-        if (!scores || !buffers || !halves) failed = (void *)1;
+        int16_t *weights = PyMem_RawMalloc(sizeof(int16_t) * 8 * (task->Tk + 2));
+        if (!scores || !buffers || !halves || !weights) failed = (void *)1;
         /* work items: (pair, position), positions dealt round-robin so the longer ones spread out */
         for (Py_ssize_t item = task->worker; !failed && item < task->B * task->H * task->Tq; item += task->workers) {
             const Py_ssize_t pair = item / task->Tq, t = item % task->Tq;
@@ -1155,12 +1248,14 @@ static void *attention_worker(void *argument) {
                 Py_ssize_t rows[4];
                 int R = group - first < 4 ? (int)(group - first) : 4;
                 for (int r = 0; r < R; r++) rows[r] = (first + r) * task->Tq + t;
-                attend_shared(task, pair, rows, R, seen, scores, buffers, buffers + 4 * D, halves, halves + 4 * D);
+                attend_shared(task, pair, rows, R, seen, scores, buffers, buffers + 4 * D, halves, halves + 4 * D, weights,
+                              weights + 4 * (task->Tk + 2));
             }
         }
         PyMem_RawFree(scores);
         PyMem_RawFree(buffers);
         PyMem_RawFree(halves);
+        PyMem_RawFree(weights);
         return failed;
     }
 #endif
