@@ -84,7 +84,7 @@ def _walk(model, chunks):
 
 
 def _settings():
-    return online.online_settings(4)
+    return online.online_settings(4, 8)
 
 
 def test_a_chunk_sees_what_other_chunks_of_its_unit_held_at_earlier_positions():
@@ -142,7 +142,12 @@ def test_decoder_refuses_online_settings_it_does_not_have():
     with pytest.raises(FormatError):
         online.check_settings({**_settings(), "match_orders": [3]})
     with pytest.raises(FormatError):
-        online.check_settings({"version": online.ONLINE_VERSION, "unit_chunks": 0})
+        online.check_settings({**_settings(), "unit_chunks": 0})
+    with pytest.raises(FormatError):
+        online.check_settings({**_settings(), "fold_steps": 0})
+    with pytest.raises(FormatError):
+        online.check_settings({"version": 2, "unit_chunks": 4})
+    assert online.check_settings({"version": 1, "unit_chunks": 4}) == 4
     assert [len(unit) for unit in stream.split_groups(list(range(10)), 4)] == [4, 4, 2]  # how units are cut
 
 
@@ -167,7 +172,7 @@ def test_round_trip_with_a_small_generated_model(tiny_model, one_thread, xz_fall
     settings = llmzip.info(packed).model_settings
     assert llmzip.decompress(packed, model=tiny_model) == data
     if not xz_fallback:  # (with it, xz wins this repetitive text outright)
-        assert settings["online"] == online.online_settings(3)
+        assert settings["online"] == online.online_settings(3, 10)
         assert summary.model_bits < summary.model_alone_bits  # repeats beyond a chunk's context cost less
     alone = llmzip.compress(data, model=tiny_model, engine="exact", chunk_tokens=40, batch_size=3,
                             xz_fallback=xz_fallback, online=False)
@@ -189,6 +194,7 @@ def test_groups_replaced_by_xz_are_forgotten_by_the_encoder(one_thread, monkeypa
     """A group coded and then replaced by xz is never seen by the decoder's online model, so the
     encoder takes it back: both end with the same online state."""
     monkeypatch.setattr(stream, "BLOCK_BYTES", 1500)  # xz over a span is weighed every 1,500 bytes
+    monkeypatch.setattr(stream.OnlineChoice, "kept", property(lambda choice: True))  # whatever the sizes
     generator = random.Random(3)
     lines = [b"<row><k>alpha</k><v>1</v></row>\n", b"<row><k>beta</k><v>22</v></row>\n", b"<row><k>gamma</k></row>\n"]
     prose = " ".join(module.__doc__ for module in (online, stream, coder, llmzip.api)).encode()
@@ -231,7 +237,7 @@ def _sample(copies=4):
 def test_unknown_online_settings_in_a_file_are_refused(tiny_model, one_thread, monkeypatch):
     packed = llmzip.compress(_sample(), model=tiny_model, engine="exact", chunk_tokens=40, batch_size=2,
                              xz_fallback=False, online=True)
-    monkeypatch.setattr(online, "ONLINE_VERSION", online.ONLINE_VERSION + 1)
+    monkeypatch.setattr(online, "VERSIONS", tuple(v for v in online.VERSIONS if v != online.ONLINE_VERSION))
     with pytest.raises(FormatError, match="online"):
         llmzip.decompress(packed, model=tiny_model)
 
@@ -260,7 +266,7 @@ def test_online_payloads_are_pinned(one_thread):
     compressor = llmzip.Compressor(model=str(GOLDEN / "model"), engine="exact", chunk_tokens=40, batch_size=3,
                                    online=True)
     tokens = compressor.model.tokenizer.tokenize(_sample(6))
-    chunks = [tokens[start : start + 40] for start in range(0, len(tokens), 40)]
+    chunks = [tokens[start : start + 40] for start in range(0, len(tokens), 40)]  # folds at steps 10, 20, 30
     model = online.OnlineModel(compressor.model_settings()["online"])
     digest = hashlib.sha256()
     saved = 0.0
@@ -272,7 +278,7 @@ def test_online_payloads_are_pinned(one_thread):
     assert digest.hexdigest()[:16] == PINNED_PAYLOADS
 
 
-PINNED_PAYLOADS = "8c34e56f6698278a"
+PINNED_PAYLOADS = "10f36f7212ed94c7"
 
 
 def test_explain_costs_tokens_with_the_online_model_as_the_compressor_does(one_thread):
@@ -296,9 +302,13 @@ def _golden_online() -> bytes:
 
 
 def test_online_golden_file(one_thread):
-    """tests/golden/online.llmz was written by _golden_online(); rewrite it only for a new online version."""
-    golden = (GOLDEN / "online.llmz").read_bytes()
-    assert llmzip.info(golden).model_settings["online"] == online.online_settings(3)
+    """tests/golden/online.v2.llmz was written by _golden_online(); rewrite it only for a new online
+    version. online.llmz, of version 1 (40-token chunks), still decodes."""
+    first = (GOLDEN / "online.llmz").read_bytes()
+    assert llmzip.info(first).model_settings["online"] == online.online_settings(3, version=1)
+    assert llmzip.decompress(first, model=str(GOLDEN / "model")) == _sample(6) + _structured(4)
+    golden = (GOLDEN / "online.v2.llmz").read_bytes()
+    assert llmzip.info(golden).model_settings["online"] == online.online_settings(3, 10)
     assert llmzip.decompress(golden, model=str(GOLDEN / "model")) == _sample(6) + _structured(4)
     assert _golden_online() == golden, "the online model's bitstream changed: a format change needs a new version"
 
@@ -433,3 +443,25 @@ def test_model_only_keeps_an_online_model_asked_for(one_thread):
     packed, summary = _compress(PARAGRAPH, xz_fallback=False, online=True)
     assert "online" in llmzip.info(packed).model_settings and summary.online_choice is None
     assert llmzip.decompress(packed) == PARAGRAPH
+
+
+def test_a_chunk_sees_other_chunks_secondary_estimates_from_the_next_fold():
+    """Version 2: a chunk's own observations count at once, another chunk's from the next multiple
+    of fold_steps on; version 1 shares them only at the unit's end."""
+    for version, shared_after_fold in ((2, True), (1, False)):
+        model = online.OnlineModel(online.online_settings(2, 8, version=version) if version == 2
+                                   else online.online_settings(2, version=1))
+        model.begin_unit([20, 20])
+        weight = 1 << 29  # the model's own even odds for the candidate
+        before = model.target(1, 5, weight)
+        for step in range(1, 8):
+            model.begin_step(step)
+            probability, cell, fraction = model.target(0, 5, weight)
+            model.learn(0, cell, fraction, True)
+        assert model.target(0, 5, weight)[0] > before[0]  # its own chunk's hits, at once
+        assert model.target(1, 5, weight) == before  # not yet the other chunk's
+        model.begin_step(8)
+        assert (model.target(1, 5, weight)[0] > before[0]) == shared_after_fold
+        model.end_unit()
+        model.begin_unit([20])
+        assert model.target(0, 5, weight)[0] > before[0]  # every version: the next unit sees them

@@ -107,7 +107,8 @@ class Compressor:
         """Everything the decoder needs to reproduce the model's predictions."""
         online = None
         if self.online:
-            online = online_model.online_settings(online_unit_chunks(self.engine, self.chunk_tokens, self.batch_size))
+            online = online_model.online_settings(online_unit_chunks(self.engine, self.chunk_tokens, self.batch_size),
+                                                  online_model.fold_steps_for(self.chunk_tokens))
         return ModelRecord(
             model={
                 "name": self.model.name,

@@ -262,10 +262,26 @@ class ChunkEngine:
     def __getattr__(self, name: str):
         return getattr(self.local, name)
 
-    def sequence_pieces(self, token_lists: list[np.ndarray]):
-        """(sequence, start, rows) as the local engine yields them; each sequence's rows computed by one task."""
+    def sequence_pieces(self, token_lists: list[np.ndarray], positions: int | None = None, step_major: bool = False):
+        """(sequence, start, rows) as the local engine yields them; each sequence's rows computed by one
+        task. `step_major` holds the rows of every sequence before the first piece: an online unit's,
+        3.2 GB of int32 for 16 chunks of 1,023 SmolLM2 tokens."""
         from .engine.exact import HEAD_ROWS_PER_PASS
 
+        positions = positions or HEAD_ROWS_PER_PASS
+        if not step_major:
+            for index, rows in self._sequence_rows(token_lists):
+                for start in range(0, len(rows), positions):
+                    yield index, start, rows[start : start + positions].astype(np.int64)
+            return
+        held = dict(self._sequence_rows(token_lists))
+        for start in range(0, max((len(rows) for rows in held.values()), default=0), positions):
+            for index in sorted(held):
+                if start < len(held[index]):
+                    yield index, start, held[index][start : start + positions].astype(np.int64)
+
+    def _sequence_rows(self, token_lists: list[np.ndarray]):
+        """(sequence, all its rows) in order, as the tasks return them."""
         jobs = [(index, np.asarray(tokens, dtype=np.int64)) for index, tokens in enumerate(token_lists)
                 if len(tokens)]
         in_flight: list[tuple[int, object]] = []
@@ -275,10 +291,7 @@ class ChunkEngine:
                     index, tokens = jobs.pop(0)
                     in_flight.append((index, self._task.remote(self._options, self._settings, tokens, self.threads)))
                 index, ref = in_flight.pop(0)
-                rows = result(self.ray, ref)
-                for start in range(0, len(rows), HEAD_ROWS_PER_PASS):
-                    yield index, start, rows[start : start + HEAD_ROWS_PER_PASS].astype(np.int64)
-                del rows
+                yield index, result(self.ray, ref)
         finally:
             cancel(self.ray, [ref for _, ref in in_flight])  # the caller stopped early: Ctrl-C, an error
 

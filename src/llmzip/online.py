@@ -19,8 +19,10 @@ decoded in *units* (a coded group's model chunks, cut into runs of at most `unit
 chunks of a unit in lockstep. At step t of a unit, every chunk's match model has seen every
 token that any chunk of the unit holds at positions < t, plus every model-coded token of
 earlier units; its secondary estimate has seen the table as left by earlier units plus its own
-chunk's positions < t. Encoder and decoder both walk a unit step by step through `predict` and
-`observe`, so they apply the very same rule.
+chunk's positions < t, and (version 2) every chunk's positions before the last multiple of
+`fold_steps` up to t: every `fold_steps` steps the chunks' observations join the shared table. Encoder
+and decoder both walk a unit step by step through `predict` and `observe`, and fold through
+`begin_step`, so they apply the very same rule.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import numpy as np
 
 from .errors import FormatError
 
-ONLINE_VERSION = 1
+ONLINE_VERSION = 2  # written; 1: a unit's chunks share their secondary estimates only at its end
+VERSIONS = (1, 2)
+FOLD_STEPS = 128  # version 2: a unit's chunks join their secondary estimates' counts every so many steps
 ROW_TOTAL_BITS = 30  # exact engines' rows sum to 2**30
 PROBABILITY_BITS = 16  # the secondary estimate's resolution
 MATCH_ORDERS = (4, 2, 1)  # tokens of context a match must share before it predicts, longest tried first
@@ -51,19 +55,32 @@ _HASH_MULTIPLIER = 0x9E3779B97F4A7C15
 _LONGEST = max(MATCH_ORDERS)
 
 
-def online_settings(unit_chunks: int) -> dict:
+def online_settings(unit_chunks: int, fold_steps: int | None = None, version: int = ONLINE_VERSION) -> dict:
     """The model record's "online" key: the rule's version, which fixes every constant above
-    (docs/FORMAT.md lists them; tests pin the bits they give), and the unit size."""
-    return {"version": ONLINE_VERSION, "unit_chunks": unit_chunks}
+    (docs/FORMAT.md lists them; tests pin the bits they give), the unit size and (version 2) the
+    steps between folds."""
+    if version == 1:
+        return {"version": 1, "unit_chunks": unit_chunks}
+    return {"version": version, "unit_chunks": unit_chunks, "fold_steps": fold_steps}
+
+
+def fold_steps_for(chunk_tokens: int) -> int:
+    """The encoder's fold period: FOLD_STEPS, or a quarter of a chunk where chunks are short."""
+    return max(1, min(FOLD_STEPS, chunk_tokens // 4))
 
 
 def check_settings(settings) -> int:
     """The unit size of a recorded online model; refuses settings this llmzip does not have."""
-    unit_chunks = settings.get("unit_chunks") if isinstance(settings, dict) else None
-    if not isinstance(unit_chunks, int) or isinstance(unit_chunks, bool) or unit_chunks <= 0 \
-            or settings != online_settings(unit_chunks):
+    def count(key):
+        value = settings.get(key) if isinstance(settings, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    unit_chunks, fold_steps = count("unit_chunks"), count("fold_steps")
+    version = settings.get("version") if isinstance(settings, dict) else None
+    if unit_chunks is None or version not in VERSIONS or (version >= 2 and fold_steps is None) \
+            or settings != online_settings(unit_chunks, fold_steps, version):
         raise FormatError(f"the file uses an online model this llmzip does not have ({settings}; this llmzip has "
-                          f"version {ONLINE_VERSION}); use the llmzip version that made it")
+                          f"versions {', '.join(map(str, VERSIONS))}); use the llmzip version that made it")
     return unit_chunks
 
 
@@ -148,6 +165,7 @@ class OnlineModel:
     def __init__(self, settings: dict):
         check_settings(settings)
         self.unit_chunks = settings["unit_chunks"]
+        self.fold_steps = settings.get("fold_steps")  # None: version 1
         # every model-coded token so far, chunk after chunk; UNKNOWN where not yet observed. Two bytes
         # a token while ids fit (the history is what grows with the file), widened when one does not.
         self.tokens = array("H")
@@ -192,27 +210,39 @@ class OnlineModel:
         self.length = [0] * len(lengths)
         self._cached_slots = [(-1, [])] * len(lengths)  # predict and observe of one step share the slots
         cells = len(self.hits)
-        self.own_hits = [[0] * cells for _ in lengths]  # each chunk's observations in this unit
+        self.own_hits = [[0] * cells for _ in lengths]  # each chunk's observations not yet folded in
         self.own_trials = [[0] * cells for _ in lengths]
+        self._folded_at = 0  # the step of the last fold
 
     def begin_unit(self, lengths: list[int]) -> None:
         if len(lengths) > self.unit_chunks:
             raise ValueError("a unit holds at most unit_chunks chunks")
         self._begin_unit(lengths)
 
+    def begin_step(self, step: int) -> None:
+        """Before the unit's step `step` is mixed: fold at every `fold_steps`-th step (version 2). The
+        encoder calls it per piece of rows, the decoder per step; a step folds once."""
+        if self.fold_steps and step > self._folded_at and step % self.fold_steps == 0:
+            self._fold()
+            self._folded_at = step
+
     def end_unit(self) -> None:
-        """Fold every chunk's observations into the shared table; old counts fade past the limit."""
+        self._fold()
+        self._begin_unit([])
+
+    def _fold(self) -> None:
+        """Every chunk's observations join the shared table; old counts fade past the limit."""
         hits, trials = self.hits, self.trials
         for own_hits, own_trials in zip(self.own_hits, self.own_trials):
             for cell, count in enumerate(own_trials):
                 if count:
                     hits[cell] += own_hits[cell]
                     trials[cell] += count
+                    own_hits[cell] = own_trials[cell] = 0
         for cell, count in enumerate(trials):
             if count > COUNT_LIMIT:
                 hits[cell] = hits[cell] * COUNT_LIMIT // count
                 trials[cell] = COUNT_LIMIT
-        self._begin_unit([])
 
     def _slots(self, chunk: int, step: int) -> list[int]:
         """The table slot of each order for the tokens before position `step` of `chunk` (−1 where

@@ -227,8 +227,9 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
                  first: int, alone_payloads: list | None = None) -> list[tuple[bytes, float, float]]:
     """One unit with the online model. Its candidates depend on tokens only, so the unit is
     walked in lockstep first, exactly as the decoder will walk it; the full pass's rows then
-    arrive chunk by chunk, and each chunk's secondary estimate, which sees only its own chunk
-    within the unit, follows them in order."""
+    arrive in pieces of the fold's steps, every chunk's piece at one start before the next start,
+    and the secondary estimates, which see their own chunk's positions as they come and the other
+    chunks' at each fold, follow them in order (version 1: whole chunks, no fold)."""
     if not engine.batch_invariant:
         raise ValueError("the online model needs an exact engine")
     lengths = [len(tokens) for tokens in token_lists]
@@ -241,7 +242,12 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
     code_alone = alone_payloads is not None
     encoders = [_ChunkEncoder(first + index, token_bits, code_alone) for index in range(len(token_lists))]
     floats = coder.FloatRows()
-    for index, start, weights in engine.sequence_pieces(token_lists):
+    if online.fold_steps:
+        pieces = engine.sequence_pieces(token_lists, online.fold_steps, step_major=True)
+    else:
+        pieces = engine.sequence_pieces(token_lists)
+    for index, start, weights in pieces:
+        online.begin_step(start)
         positions = slice(start, start + len(weights))
         symbols = token_lists[index][positions]
         alone = coder.code_length_bits(symbols, weights)
@@ -294,6 +300,7 @@ def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> lis
 
         candidates = np.array([candidate for candidate, _ in predictions], dtype=np.int64)
         match_lengths = np.array([length for _, length in predictions], dtype=np.int64)
+        online.begin_step(step)
         _mix_online(online, active, weights[active], candidates, match_lengths, decode)
     online.end_unit()
     return decoded

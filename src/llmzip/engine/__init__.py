@@ -51,8 +51,9 @@ class Engine(Protocol):
 
         Row t predicts token t from the start token and tokens[:t]. Only batch-invariant
         engines provide this; others return None and are driven through `start` instead.
-        Batch-invariant engines also yield the same rows in pieces, `sequence_pieces(token_lists)`
-        -> (sequence, start, rows), so an encoder never holds a whole chunk's rows.
+        Batch-invariant engines also yield the same rows in pieces, `sequence_pieces(token_lists,
+        positions, step_major)` -> (sequence, start, rows), so an encoder never holds a whole
+        chunk's rows; `step_major` yields every sequence's piece at one start before the next start.
         """
 
 

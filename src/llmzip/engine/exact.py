@@ -64,28 +64,50 @@ class ExactEngine:
                 else np.zeros((0, self.vocab_size), dtype=np.int64) for parts in pieces]
 
     @torch.no_grad()
-    def sequence_pieces(self, token_lists: list[np.ndarray]):
-        """The same rows in pieces of at most HEAD_ROWS_PER_PASS positions, as (sequence, start, rows):
+    def sequence_pieces(self, token_lists: list[np.ndarray], positions: int = HEAD_ROWS_PER_PASS,
+                        step_major: bool = False):
+        """The same rows in pieces of at most `positions` positions, as (sequence, start, rows):
         a 1,023-token chunk of a 49,152-token vocabulary is 400 MB of rows at once. Each sequence's
-        pieces come in order; a piece is valid until the next one is asked for."""
+        pieces come in order; a piece is valid until the next one is asked for. `step_major`:
+        every sequence's piece at a start before any piece at the next start (in sequence order),
+        which holds every sequence's final residual rows at once."""
         token_lists = [np.asarray(tokens, dtype=np.int64) for tokens in token_lists]
         for tokens in token_lists:
             if len(tokens) > self.context_length:
                 raise ValueError(f"a sequence of {len(tokens)} tokens exceeds the context of {self.context_length}")
             self._check_tokens(tokens)
-        # Group sequences of similar length to bound padding and the (B, H, T, T) score memory.
+        hidden = {}
+        for group in self._length_groups(token_lists):
+            for index, x in self._group_hidden(token_lists, group):
+                if not step_major:
+                    yield from self._pieces(index, x, positions)
+                else:
+                    hidden[index] = x
+        for start in range(0, max((len(x) for x in hidden.values()), default=0), positions):
+            for index in sorted(hidden):
+                if start < len(hidden[index]):
+                    yield index, start, self._piece_rows(hidden[index][start : start + positions]).cpu().numpy()
+
+    def _pieces(self, index, x, positions):
+        for start in range(0, len(x), positions):
+            yield index, start, self._piece_rows(x[start : start + positions]).cpu().numpy()
+
+    @staticmethod
+    def _length_groups(token_lists):
+        """Sequences of similar length together, to bound padding and the (B, H, T, T) score memory."""
         order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
         budget = 2**21  # score entries per group and head
         group: list[int] = []
         for index in order + [None]:
             length = 0 if index is None else len(token_lists[index])
             if group and (index is None or (len(group) + 1) * max(length, 1) ** 2 > budget):
-                yield from self._sequence_group(token_lists, group)
+                yield group
                 group = []
             if index is not None:
                 group.append(index)
 
-    def _sequence_group(self, token_lists, group):
+    def _group_hidden(self, token_lists, group):
+        """(sequence, its final residual rows) for each sequence of a length group."""
         longest = max(len(token_lists[i]) for i in group)
         if longest == 0:
             return
@@ -96,9 +118,7 @@ class ExactEngine:
         causal = torch.ones(longest, longest, dtype=torch.bool, device=self.device).tril()
         x = self._hidden(torch.from_numpy(inputs).to(self.device), 0, allowed=causal)
         for row, i in enumerate(group):
-            length = len(token_lists[i])
-            for start in range(0, length, HEAD_ROWS_PER_PASS):
-                yield i, start, self._piece_rows(x[row, start : min(length, start + HEAD_ROWS_PER_PASS)]).cpu().numpy()
+            yield i, x[row, : len(token_lists[i])]
 
 
 class _Cache:
