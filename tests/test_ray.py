@@ -134,16 +134,16 @@ def test_bench_on_ray_equals_the_local_run(address, corpus, tiny_model, tmp_path
     assert bits_rows(tmp_path / "ray") == local
 
 
-def kill_one_worker_mid_task(function: str, killed: list) -> threading.Thread:
-    """A thread that SIGKILLs the first worker seen running `function`, once it is into the task;
-    it appends the pid to `killed`, and stops when something else is appended."""
+def kill_one_worker_mid_task(function: str, killed: list, into: float = 0.3) -> threading.Thread:
+    """A thread that SIGKILLs the first worker seen running `function`, once it is `into` seconds
+    into the task; it appends the pid to `killed`, and stops when something else is appended."""
 
     def watch():
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline:
             running = ray_processes(function)
             if running:
-                time.sleep(0.3)  # into the task: the model is loaded and coding has begun
+                time.sleep(into)  # into the task: the model is loaded and coding has begun
                 if running[0] in ray_processes(function):
                     os.kill(running[0], signal.SIGKILL)
                     killed.append(running[0])
@@ -245,7 +245,7 @@ def test_one_file_has_its_chunks_spread_and_survives_a_killed_worker(address, tm
     docs = Path(__file__).resolve().parent.parent / "docs"
     path.write_bytes(b"".join(page.read_bytes() for page in sorted(docs.glob("*.md")))[:30000])
     killed = []
-    killer = kill_one_worker_mid_task("_full_pass_task", killed)
+    killer = kill_one_worker_mid_task("_full_pass_task", killed, into=0.05)  # a chunk's pass is short
     try:
         assert main(["--ray", address, "-1", "-q", "-k", str(path)]) == 0
     finally:
