@@ -266,7 +266,7 @@ class ChunkEngine:
         """(sequence, start, rows) as the local engine yields them; each sequence's rows computed by one
         task. `step_major` holds the rows of every sequence before the first piece: an online unit's,
         3.2 GB of int32 for 16 chunks of 1,023 SmolLM2 tokens."""
-        from .engine.exact import HEAD_ROWS_PER_PASS
+        from .engine.exact import HEAD_ROWS_PER_PASS, step_major_starts
 
         positions = positions or HEAD_ROWS_PER_PASS
         if not step_major:
@@ -275,10 +275,8 @@ class ChunkEngine:
                     yield index, start, rows[start : start + positions].astype(np.int64)
             return
         held = dict(self._sequence_rows(token_lists))
-        for start in range(0, max((len(rows) for rows in held.values()), default=0), positions):
-            for index in sorted(held):
-                if start < len(held[index]):
-                    yield index, start, held[index][start : start + positions].astype(np.int64)
+        for index, start in step_major_starts({index: len(rows) for index, rows in held.items()}, positions):
+            yield index, start, held[index][start : start + positions].astype(np.int64)
 
     def _sequence_rows(self, token_lists: list[np.ndarray]):
         """(sequence, all its rows) in order, as the tasks return them."""

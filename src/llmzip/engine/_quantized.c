@@ -1114,13 +1114,17 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
             if (gap > task->table_length - 1) gap = task->table_length - 1;
             const int64_t weight = task->table[gap];
             total += weight;
-            if (weight < 0 || weight > WEIGHT_LIMIT || value_exponent[j] > 2 * WEIGHT_LOW_BITS ||
-                (weight << value_exponent[j]) > WEIGHT_LIMIT) {
+            if (weight < 0 || weight > WEIGHT_LIMIT || value_exponent[j] > 2 * WEIGHT_LOW_BITS) {
+                small_weights = 0; /* (and no shift past 64 bits below) */
+                continue;
+            }
+            const int64_t scaled = weight << value_exponent[j];
+            if (scaled > WEIGHT_LIMIT) {
                 small_weights = 0;
                 continue;
             }
-            low[j] = (int16_t)((weight << value_exponent[j]) & ((1 << WEIGHT_LOW_BITS) - 1));
-            high[j] = (int16_t)((weight << value_exponent[j]) >> WEIGHT_LOW_BITS);
+            low[j] = (int16_t)(scaled & ((1 << WEIGHT_LOW_BITS) - 1));
+            high[j] = (int16_t)(scaled >> WEIGHT_LOW_BITS);
         }
         low[seen] = high[seen] = 0; /* the pair of an odd last key */
         totals[r] = total;

@@ -13,6 +13,15 @@ import torch
 HEAD_ROWS_PER_PASS = 256  # positions per output-head product, to bound memory
 
 
+def step_major_starts(lengths: dict[int, int], positions: int):
+    """(sequence, start) of every piece of `positions` positions of sequences of these lengths:
+    every sequence's piece at one start, in sequence order, before any piece at the next start."""
+    for start in range(0, max(lengths.values(), default=0), positions):
+        for index in sorted(lengths):
+            if start < lengths[index]:
+                yield index, start
+
+
 class ExactEngine:
     """What every exact engine shares: full passes in length groups, sessions, the Engine protocol.
 
@@ -79,18 +88,13 @@ class ExactEngine:
         hidden = {}
         for group in self._length_groups(token_lists):
             for index, x in self._group_hidden(token_lists, group):
-                if not step_major:
-                    yield from self._pieces(index, x, positions)
-                else:
+                if step_major:
                     hidden[index] = x
-        for start in range(0, max((len(x) for x in hidden.values()), default=0), positions):
-            for index in sorted(hidden):
-                if start < len(hidden[index]):
-                    yield index, start, self._piece_rows(hidden[index][start : start + positions]).cpu().numpy()
-
-    def _pieces(self, index, x, positions):
-        for start in range(0, len(x), positions):
-            yield index, start, self._piece_rows(x[start : start + positions]).cpu().numpy()
+                    continue
+                for start in range(0, len(x), positions):
+                    yield index, start, self._piece_rows(x[start : start + positions]).cpu().numpy()
+        for index, start in step_major_starts({index: len(x) for index, x in hidden.items()}, positions):
+            yield index, start, self._piece_rows(hidden[index][start : start + positions]).cpu().numpy()
 
     @staticmethod
     def _length_groups(token_lists):
