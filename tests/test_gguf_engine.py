@@ -267,3 +267,53 @@ def test_attention_of_the_default_models_shape_equals_its_twins(tmp_path):
             if step < len(tokens):
                 assert np.array_equal(rows[index], compiled[index][step])
         feed = np.array([tokens[step] if step < len(tokens) else 0 for tokens in sequences])
+
+
+def _attention_case(rng, *, query_bound, key_bound, value_exponents, multiplier, shift, Tq, Tk, lowest_value=-32767,
+                    B=2, H=2, group=3, D=64):
+    """Random inputs of the attention kernel; the weight table falls from 2**16 to 0."""
+    capacity = Tk + 5
+    table = (65536 * np.exp(-np.arange(300) / 24)).astype(np.int64)
+    table[-20:] = 0
+    return dict(
+        q=rng.integers(-query_bound, query_bound + 1, size=(B, H, group * Tq, D), dtype=np.int64),
+        keys=rng.integers(-key_bound, key_bound + 1, size=(B, H, capacity, D), dtype=np.int16),
+        key_exponent=rng.integers(0, 3, size=(B, H, capacity), dtype=np.int32),
+        values=rng.integers(lowest_value, 32768, size=(B, H, capacity, D), dtype=np.int16),
+        value_exponent=rng.choice(value_exponents, size=(B, H, capacity)).astype(np.int32),
+        multiplier=np.full(H, multiplier, dtype=np.int64), shift=np.full(H, shift, dtype=np.int64), table=table,
+        shape=(B, H, group * Tq, Tq, Tk, capacity, D))
+
+
+def _attend(case, threads, plain):
+    out = np.zeros(case["q"].shape, dtype=np.int64)
+    gguf_llama._quantized.attention(case["q"], case["keys"], case["key_exponent"], case["values"],
+                                    case["value_exponent"], case["multiplier"], case["shift"], case["table"], out,
+                                    *case["shape"], len(case["table"]), threads, int(plain))
+    return out
+
+
+@pytest.mark.skipif(not gguf_llama._quantized.has_avx2(), reason="no AVX2 path on this CPU")
+@pytest.mark.parametrize("kind", ["model", "wide queries", "large weights", "wide multiplier", "rounding ties"])
+@pytest.mark.parametrize("Tq, Tk", [(37, 37), (1, 70), (3, 9)])
+def test_attention_kernel_avx2_equals_plain_c(kind, Tq, Tk):
+    """The AVX2 attention (integer scores, vector softmax, integer value sums) gives plain C's
+    integers on every path: queries within 2**19 and beyond (float64 scores), weights beyond 2**22
+    once scaled (float64 sums: their large values would overflow the int32 lanes), multipliers
+    beyond 32 bits (scalar logits), and logits that land on rounding ties (multiplier 1, small
+    shift)."""
+    rng = np.random.default_rng([Tq, Tk, *kind.encode()])
+    cases = {"model": dict(query_bound=2**19, key_bound=2**15 - 1, value_exponents=[0, 1, 2, 5], multiplier=3001,
+                           shift=44),
+             "wide queries": dict(query_bound=2**20, key_bound=2**15 - 1, value_exponents=[0, 3], multiplier=1499,
+                                  shift=44),
+             "large weights": dict(query_bound=2**12, key_bound=2**15 - 1, value_exponents=[0, 4, 9], multiplier=3001,
+                                   shift=44, lowest_value=30000),
+             "wide multiplier": dict(query_bound=2**10, key_bound=2**10, value_exponents=[0, 2], multiplier=2**33 + 7,
+                                     shift=52),
+             "rounding ties": dict(query_bound=8, key_bound=8, value_exponents=[0, 1, 6], multiplier=1, shift=4)}
+    case = _attention_case(rng, Tq=Tq, Tk=Tk, **cases[kind])
+    expected = _attend(case, threads=1, plain=True)
+    assert np.count_nonzero(expected) > expected.size // 2
+    assert np.array_equal(_attend(case, threads=1, plain=False), expected)
+    assert np.array_equal(_attend(case, threads=2, plain=False), expected)

@@ -974,7 +974,7 @@ __attribute__((always_inline, target("avx2"))) static inline __m256i lane_sums4(
 
 __attribute__((always_inline, target("avx2"))) static inline void shared_integer_scores(
     const int16_t *low, const int16_t *high, const int16_t *keys, Py_ssize_t seen, Py_ssize_t D, const int R,
-    double *scores, Py_ssize_t stride) {
+    int64_t *scores, Py_ssize_t stride) {
     Py_ssize_t j = 0;
     for (; j + 4 <= seen; j += 4)
         for (int r = 0; r < R; r++) {
@@ -989,16 +989,14 @@ __attribute__((always_inline, target("avx2"))) static inline void shared_integer
                     high_sums[n] = _mm256_add_epi32(high_sums[n], _mm256_madd_epi16(key, query_high));
                 }
             }
-            int64_t four[4];
-            _mm256_storeu_si256((__m256i *)four,
+            _mm256_storeu_si256((__m256i *)(scores + r * stride + j),
                                 _mm256_add_epi64(_mm256_slli_epi64(lane_sums4(high_sums), 9), lane_sums4(low_sums)));
-            for (int n = 0; n < 4; n++) scores[r * stride + j + n] = (double)four[n];
         }
     for (; j < seen; j++)
         for (int r = 0; r < R; r++) {
             int64_t sum = 0;
             for (Py_ssize_t d = 0; d < D; d++) sum += ((int64_t)high[r * D + d] * 512 + low[r * D + d]) * keys[j * D + d];
-            scores[r * stride + j] = (double)sum;
+            scores[r * stride + j] = sum;
         }
 }
 
@@ -1058,11 +1056,107 @@ __attribute__((always_inline, target("avx2"))) static inline void shared_integer
         }
 }
 
+/* The softmax of one query row, four keys at a time, in the integers of the scalar loops below:
+ * logit = (score * 2**key_exponent * multiplier + half) >> shift with the multiplier split into
+ * 32-bit halves for vpmuludq and vpmuldq (AVX2 has no 64-bit product) and the arithmetic shift
+ * built from a logical one; weight = table[min(best - logit, length - 1)] by a gather. */
+__attribute__((always_inline, target("avx2"))) static inline __m256i shift_right_arithmetic(__m256i x, int shift) {
+    const __m256i sign = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - shift)));
+    return _mm256_sub_epi64(_mm256_xor_si256(_mm256_srli_epi64(x, shift), sign), sign);
+}
+
+__attribute__((always_inline, target("avx2"))) static inline __m256i max_epi64(__m256i a, __m256i b) {
+    return _mm256_blendv_epi8(a, b, _mm256_cmpgt_epi64(b, a));
+}
+
+/* Scores (in place) into logits; returns the best. 0 <= multiplier < 2**31, 0 < shift < 64. */
+__attribute__((target("avx2"))) static int64_t row_logits_avx2(int64_t *row, const int32_t *key_exponent,
+                                                               Py_ssize_t seen, int64_t multiplier, int shift) {
+    const int64_t half = (int64_t)1 << (shift - 1);
+    const __m256i factor = _mm256_set1_epi64x(multiplier), rounding = _mm256_set1_epi64x(half);
+    __m256i best4 = _mm256_set1_epi64x(INT64_MIN);
+    Py_ssize_t j = 0;
+    for (; j + 4 <= seen; j += 4) {
+        __m256i exponent = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(key_exponent + j)));
+        __m256i score = _mm256_sllv_epi64(_mm256_loadu_si256((const __m256i *)(row + j)), exponent);
+        __m256i product = _mm256_add_epi64(_mm256_slli_epi64(_mm256_mul_epi32(_mm256_srli_epi64(score, 32), factor), 32),
+                                           _mm256_mul_epu32(score, factor));
+        __m256i logit = shift_right_arithmetic(_mm256_add_epi64(product, rounding), shift);
+        _mm256_storeu_si256((__m256i *)(row + j), logit);
+        best4 = max_epi64(best4, logit);
+    }
+    int64_t four[4], best = INT64_MIN;
+    _mm256_storeu_si256((__m256i *)four, best4);
+    for (int n = 0; n < 4; n++)
+        if (four[n] > best) best = four[n];
+    for (; j < seen; j++) {
+        row[j] = (row[j] * ((int64_t)1 << key_exponent[j]) * multiplier + half) >> shift;
+        if (row[j] > best) best = row[j];
+    }
+    return best;
+}
+
+/* One weight in the scalar order; 0 when it does not fit the int16 halves of shared_integer_mix. */
+static inline int key_weight(int64_t best, int64_t logit, int32_t value_exponent, const int64_t *table,
+                             Py_ssize_t table_length, int64_t *total, int16_t *low, int16_t *high) {
+    int64_t gap = best - logit;
+    if (gap > table_length - 1) gap = table_length - 1;
+    const int64_t weight = table[gap];
+    *total += weight;
+    if (weight < 0 || weight > WEIGHT_LIMIT || value_exponent > 2 * WEIGHT_LOW_BITS) return 0; /* (no shift past 64 bits) */
+    const int64_t scaled = weight << value_exponent;
+    if (scaled > WEIGHT_LIMIT) return 0;
+    *low = (int16_t)(scaled & ((1 << WEIGHT_LOW_BITS) - 1));
+    *high = (int16_t)(scaled >> WEIGHT_LOW_BITS);
+    return 1;
+}
+
+/* The weights of one row as the halves shared_integer_mix takes, and their total; returns whether
+ * every weight fits them (else the caller weighs in doubles). */
+__attribute__((target("avx2"))) static int row_weights_avx2(const int64_t *logits, int64_t best, Py_ssize_t seen,
+                                                            const int32_t *value_exponent, const int64_t *table,
+                                                            Py_ssize_t table_length, int64_t *total, int16_t *low,
+                                                            int16_t *high) {
+    const __m256i top = _mm256_set1_epi64x(best), last = _mm256_set1_epi64x(table_length - 1);
+    const __m256i limit = _mm256_set1_epi64x(WEIGHT_LIMIT), exponent_limit = _mm256_set1_epi64x(2 * WEIGHT_LOW_BITS);
+    const __m256i low_mask = _mm256_set1_epi64x((1 << WEIGHT_LOW_BITS) - 1), zero = _mm256_setzero_si256();
+    const __m256i first_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m256i totals = zero, misfit = zero;
+    Py_ssize_t j = 0;
+    for (; j + 4 <= seen; j += 4) {
+        __m256i gap = _mm256_sub_epi64(top, _mm256_loadu_si256((const __m256i *)(logits + j)));
+        gap = _mm256_blendv_epi8(gap, last, _mm256_cmpgt_epi64(gap, last));
+        const __m256i weight = _mm256_i64gather_epi64((const long long *)table, gap, 8);
+        totals = _mm256_add_epi64(totals, weight);
+        const __m256i exponent = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(value_exponent + j)));
+        const __m256i scaled = _mm256_sllv_epi64(weight, exponent);
+        misfit = _mm256_or_si256(misfit, _mm256_or_si256(_mm256_cmpgt_epi64(zero, weight), _mm256_cmpgt_epi64(weight, limit)));
+        misfit = _mm256_or_si256(misfit, _mm256_or_si256(_mm256_cmpgt_epi64(exponent, exponent_limit),
+                                                         _mm256_cmpgt_epi64(scaled, limit)));
+        /* the halves are below 2**16: packed without saturating */
+        __m128i lows = _mm256_castsi256_si128(
+            _mm256_permutevar8x32_epi32(_mm256_and_si256(scaled, low_mask), first_dwords));
+        __m128i highs = _mm256_castsi256_si128(
+            _mm256_permutevar8x32_epi32(_mm256_srli_epi64(scaled, WEIGHT_LOW_BITS), first_dwords));
+        __m128i halves = _mm_packus_epi32(lows, highs);
+        _mm_storel_epi64((__m128i *)(low + j), halves);
+        _mm_storel_epi64((__m128i *)(high + j), _mm_srli_si128(halves, 8));
+    }
+    int64_t four[4];
+    _mm256_storeu_si256((__m256i *)four, totals);
+    int64_t sum = four[0] + four[1] + four[2] + four[3];
+    int fits = _mm256_testz_si256(misfit, misfit);
+    for (; j < seen; j++)
+        fits &= key_weight(best, logits[j], value_exponent[j], table, table_length, &sum, low + j, high + j);
+    *total = sum;
+    return fits;
+}
+
 #define QUERY_BOUND ((int64_t)1 << 19) /* |q| after the rotation (gguf_llama.ROTATED_BOUND) */
 
 /* R <= 4 query rows of key-value head `pair` that see the same `seen` keys (the query heads of one
- * key-value head at one position); D % 16 == 0. `scores` holds 4 * Tk doubles, `query` and `acc`
- * 4 * D doubles, `low` and `high` 4 * D int16, `weight_low` and `weight_high` 4 * (Tk + 2) int16. */
+ * key-value head at one position); D % 16 == 0. `scores` holds 8 * Tk: 4 * Tk doubles, then 4 * Tk
+ * int64 logits; `query` and `acc` 4 * D doubles, `low` and `high` 4 * D int16, `weight_low` and `weight_high` 4 * (Tk + 2) int16. */
 __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTask *task, Py_ssize_t pair,
                                                               const Py_ssize_t *rows, int R, Py_ssize_t seen,
                                                               double *scores, double *query, double *acc,
@@ -1083,51 +1177,42 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
             low[r * D + d] = (int16_t)(value & 511);
             high[r * D + d] = (int16_t)(value >> 9);
         }
+    int64_t *logits = (int64_t *)(scores + 4 * stride); /* integer scores, then the logits in their place */
     if (within)
         switch (R) {
-            case 1: shared_integer_scores(low, high, keys, seen, D, 1, scores, stride); break;
-            case 2: shared_integer_scores(low, high, keys, seen, D, 2, scores, stride); break;
-            case 3: shared_integer_scores(low, high, keys, seen, D, 3, scores, stride); break;
-            default: shared_integer_scores(low, high, keys, seen, D, 4, scores, stride); break;
+            case 1: shared_integer_scores(low, high, keys, seen, D, 1, logits, stride); break;
+            case 2: shared_integer_scores(low, high, keys, seen, D, 2, logits, stride); break;
+            case 3: shared_integer_scores(low, high, keys, seen, D, 3, logits, stride); break;
+            default: shared_integer_scores(low, high, keys, seen, D, 4, logits, stride); break;
         }
-    else
+    else {
         switch (R) {
             case 1: shared_scores(query, keys, seen, D, 1, scores, stride); break;
             case 2: shared_scores(query, keys, seen, D, 2, scores, stride); break;
             case 3: shared_scores(query, keys, seen, D, 3, scores, stride); break;
             default: shared_scores(query, keys, seen, D, 4, scores, stride); break;
         }
+        for (int r = 0; r < R; r++) /* exact integers far below 2**53 */
+            for (Py_ssize_t j = 0; j < seen; j++) logits[r * stride + j] = (int64_t)scores[r * stride + j];
+    }
     int64_t totals[4], best[4];
     int small_weights = 1; /* every W = table * 2**exponent at most 2**22: the integer mix */
+    const int vector_logits = multiplier >= 0 && multiplier < ((int64_t)1 << 31) && shift > 0 && shift < 64;
     for (int r = 0; r < R; r++) {
-        double *row = scores + r * stride;
-        best[r] = INT64_MIN;
-        for (Py_ssize_t j = 0; j < seen; j++) { /* logits, kept as doubles: exact integers far below 2**53 */
-            int64_t logit = ((int64_t)row[j] * ((int64_t)1 << key_exponent[j]) * multiplier + half) >> shift;
-            row[j] = (double)logit;
-            if (logit > best[r]) best[r] = logit;
+        int64_t *row = logits + r * stride;
+        if (vector_logits)
+            best[r] = row_logits_avx2(row, key_exponent, seen, multiplier, (int)shift);
+        else {
+            best[r] = INT64_MIN;
+            for (Py_ssize_t j = 0; j < seen; j++) {
+                row[j] = (row[j] * ((int64_t)1 << key_exponent[j]) * multiplier + half) >> shift;
+                if (row[j] > best[r]) best[r] = row[j];
+            }
         }
-        int64_t total = 0;
         int16_t *low = weight_low + r * weight_stride, *high = weight_high + r * weight_stride;
-        for (Py_ssize_t j = 0; j < seen; j++) {
-            int64_t gap = best[r] - (int64_t)row[j];
-            if (gap > task->table_length - 1) gap = task->table_length - 1;
-            const int64_t weight = task->table[gap];
-            total += weight;
-            if (weight < 0 || weight > WEIGHT_LIMIT || value_exponent[j] > 2 * WEIGHT_LOW_BITS) {
-                small_weights = 0; /* (and no shift past 64 bits below) */
-                continue;
-            }
-            const int64_t scaled = weight << value_exponent[j];
-            if (scaled > WEIGHT_LIMIT) {
-                small_weights = 0;
-                continue;
-            }
-            low[j] = (int16_t)(scaled & ((1 << WEIGHT_LOW_BITS) - 1));
-            high[j] = (int16_t)(scaled >> WEIGHT_LOW_BITS);
-        }
+        small_weights &= row_weights_avx2(row, best[r], seen, value_exponent, task->table, task->table_length,
+                                          &totals[r], low, high);
         low[seen] = high[seen] = 0; /* the pair of an odd last key */
-        totals[r] = total;
     }
     if (small_weights) {
         int64_t *sums = (int64_t *)acc; /* 4 * D int64 in place of the doubles */
@@ -1147,11 +1232,12 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
         return;
     }
     for (int r = 0; r < R; r++) { /* weights too large for int16 halves: doubles, exact below 2**53 */
-        double *row = scores + r * stride;
+        const int64_t *row = logits + r * stride;
+        double *weights = scores + r * stride;
         for (Py_ssize_t j = 0; j < seen; j++) {
-            int64_t gap = best[r] - (int64_t)row[j];
+            int64_t gap = best[r] - row[j];
             if (gap > task->table_length - 1) gap = task->table_length - 1;
-            row[j] = (double)task->table[gap] * (double)((int64_t)1 << value_exponent[j]);
+            weights[j] = (double)task->table[gap] * (double)((int64_t)1 << value_exponent[j]);
         }
     }
     switch (R) {
@@ -1239,7 +1325,7 @@ static void *attention_worker(void *argument) {
 #if HAVE_X86
     if (vector && D % 16 == 0) { /* the query rows of one position share its keys and values */
         const Py_ssize_t group = task->Rq / task->Tq; /* query heads per key-value head */
-        double *scores = PyMem_RawMalloc(sizeof(double) * 4 * (task->Tk > 0 ? task->Tk : 1));
+        double *scores = PyMem_RawMalloc(sizeof(double) * 8 * (task->Tk > 0 ? task->Tk : 1)); /* and logits */
         double *buffers = PyMem_RawMalloc(sizeof(double) * 8 * D);
         int16_t *halves = PyMem_RawMalloc(sizeof(int16_t) * 8 * D);
         int16_t *weights = PyMem_RawMalloc(sizeof(int16_t) * 8 * (task->Tk + 2));
@@ -1311,6 +1397,44 @@ static int run_attention(AttentionTask task, int threads) {
         tasks[i].workers = threads;
     }
     return run_parallel(attention_worker, tasks, sizeof(AttentionTask), threads) ? -1 : 0;
+}
+
+/* The attention kernel alone, for tests: q (B * H * Rq * D int64), keys and values (B * H * capacity
+ * * D int16 with an int32 exponent each), per-head multiplier and shift, the weight table. */
+static PyObject *attention(PyObject *self, PyObject *args) {
+    PyObject *q_object, *k_object, *ke_object, *v_object, *ve_object, *m_object, *s_object, *t_object, *out_object;
+    Py_ssize_t B, H, Rq, Tq, Tk, capacity, D, table_length;
+    int threads, plain;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOnnnnnnnnii", &q_object, &k_object, &ke_object, &v_object, &ve_object,
+                          &m_object, &s_object, &t_object, &out_object, &B, &H, &Rq, &Tq, &Tk, &capacity, &D,
+                          &table_length, &threads, &plain))
+        return NULL;
+    if (B < 1 || H < 1 || Tq < 1 || Rq % Tq || Tk < Tq || capacity < Tk || D < 1 || table_length < 1) {
+        PyErr_SetString(PyExc_ValueError, "inconsistent attention shapes");
+        return NULL;
+    }
+    Buffers buffers = {.count = 0};
+    AttentionTask task = {.B = B, .H = H, .Rq = Rq, .Tq = Tq, .Tk = Tk, .capacity = capacity, .D = D,
+                          .table_length = table_length, .plain = plain};
+    if (!(task.q = take(&buffers, q_object, 8, B * H * Rq * D, 0, "q")) ||
+        !(task.k = take(&buffers, k_object, 2, B * H * capacity * D, 0, "keys")) ||
+        !(task.k_exponent = take(&buffers, ke_object, 4, B * H * capacity, 0, "key exponents")) ||
+        !(task.v = take(&buffers, v_object, 2, B * H * capacity * D, 0, "values")) ||
+        !(task.v_exponent = take(&buffers, ve_object, 4, B * H * capacity, 0, "value exponents")) ||
+        !(task.multiplier = take(&buffers, m_object, 8, H, 0, "multipliers")) ||
+        !(task.shift = take(&buffers, s_object, 8, H, 0, "shifts")) ||
+        !(task.table = take(&buffers, t_object, 8, table_length, 0, "table")) ||
+        !(task.out = take(&buffers, out_object, 8, B * H * Rq * D, 1, "out"))) {
+        release(&buffers);
+        return NULL;
+    }
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = run_attention(task, threads);
+    Py_END_ALLOW_THREADS
+    release(&buffers);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
 /* Rotary positions in place, GGUF layout: in each head of `width` entries (starting at column
@@ -1711,6 +1835,9 @@ static PyMethodDef methods[] = {
     {"rms_norm", rms_norm, METH_VARARGS,
      "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent)"},
     {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent)"},
+    {"attention", attention, METH_VARARGS,
+     "attention(q, keys, key_exponent, values, value_exponent, multiplier, shift, table, out, B, H, Rq, Tq, Tk, "
+     "capacity, D, table_length, threads, plain): the attention kernel of `block` alone"},
     {"rotate", rotate, METH_VARARGS,
      "rotate(x, cos, sin, N, columns, begin, heads, width, T, start, table_rows, bits): rotary positions in place"},
     {"swiglu", swiglu, METH_VARARGS,
