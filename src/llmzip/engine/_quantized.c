@@ -1069,19 +1069,21 @@ __attribute__((always_inline, target("avx2"))) static inline __m256i max_epi64(_
     return _mm256_blendv_epi8(a, b, _mm256_cmpgt_epi64(b, a));
 }
 
-/* Scores (in place) into logits; returns the best. 0 <= multiplier < 2**31, 0 < shift < 64. */
+/* Scores (in place) into logits; returns the best. Four at a time where 0 <= multiplier < 2**31 and
+ * 0 < shift < 64 (what the split product and the shift take), else one by one. */
 __attribute__((target("avx2"))) static int64_t row_logits_avx2(int64_t *row, const int32_t *key_exponent,
-                                                               Py_ssize_t seen, int64_t multiplier, int shift) {
+                                                               Py_ssize_t seen, int64_t multiplier, int64_t shift) {
     const int64_t half = (int64_t)1 << (shift - 1);
+    const int vectors = multiplier >= 0 && multiplier < ((int64_t)1 << 31) && shift > 0 && shift < 64;
     const __m256i factor = _mm256_set1_epi64x(multiplier), rounding = _mm256_set1_epi64x(half);
     __m256i best4 = _mm256_set1_epi64x(INT64_MIN);
     Py_ssize_t j = 0;
-    for (; j + 4 <= seen; j += 4) {
+    for (; vectors && j + 4 <= seen; j += 4) {
         __m256i exponent = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(key_exponent + j)));
         __m256i score = _mm256_sllv_epi64(_mm256_loadu_si256((const __m256i *)(row + j)), exponent);
         __m256i product = _mm256_add_epi64(_mm256_slli_epi64(_mm256_mul_epi32(_mm256_srli_epi64(score, 32), factor), 32),
                                            _mm256_mul_epu32(score, factor));
-        __m256i logit = shift_right_arithmetic(_mm256_add_epi64(product, rounding), shift);
+        __m256i logit = shift_right_arithmetic(_mm256_add_epi64(product, rounding), (int)shift);
         _mm256_storeu_si256((__m256i *)(row + j), logit);
         best4 = max_epi64(best4, logit);
     }
@@ -1167,7 +1169,6 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
     const int16_t *keys = task->k + base * D, *values = task->v + base * D;
     const int32_t *key_exponent = task->k_exponent + base, *value_exponent = task->v_exponent + base;
     const int64_t multiplier = task->multiplier[head], shift = task->shift[head];
-    const int64_t half = (int64_t)1 << (shift - 1);
     int within = 1;
     for (int r = 0; r < R; r++)
         for (Py_ssize_t d = 0; d < D; d++) {
@@ -1197,18 +1198,9 @@ __attribute__((target("avx2,fma"))) static void attend_shared(const AttentionTas
     }
     int64_t totals[4], best[4];
     int small_weights = 1; /* every W = table * 2**exponent at most 2**22: the integer mix */
-    const int vector_logits = multiplier >= 0 && multiplier < ((int64_t)1 << 31) && shift > 0 && shift < 64;
     for (int r = 0; r < R; r++) {
         int64_t *row = logits + r * stride;
-        if (vector_logits)
-            best[r] = row_logits_avx2(row, key_exponent, seen, multiplier, (int)shift);
-        else {
-            best[r] = INT64_MIN;
-            for (Py_ssize_t j = 0; j < seen; j++) {
-                row[j] = (row[j] * ((int64_t)1 << key_exponent[j]) * multiplier + half) >> shift;
-                if (row[j] > best[r]) best[r] = row[j];
-            }
-        }
+        best[r] = row_logits_avx2(row, key_exponent, seen, multiplier, shift);
         int16_t *low = weight_low + r * weight_stride, *high = weight_high + r * weight_stride;
         small_weights &= row_weights_avx2(row, best[r], seen, value_exponent, task->table, task->table_length,
                                           &totals[r], low, high);
