@@ -300,10 +300,11 @@ class QuantisedMatrix:
             self._kernel_layout = (codes, regroup(self.scales), minimums)
         return self._kernel_layout
 
-    def drop_natural_codes(self):
-        """Free the natural-order codes once the kernel layout exists (CPU engines need only that)."""
+    def keep_kernel_layout_only(self):
+        """Free the natural-order codes, scales and minimums once the kernel layout exists: the
+        compiled kernels read only that, and the natural copies are as large again."""
         self.kernel_layout()
-        self.natural_codes = None
+        self.natural_codes = self.scales = self.minimums = None
 
     def reference_weight(self, device) -> torch.Tensor:
         """The integer weights D*q + M (R, K) as float64 for exact torch products (|w| < 2**40)."""
@@ -757,14 +758,21 @@ class ExactGGUFLlamaEngine(ExactEngine):
         # Token embeddings: exact integers at the residual's unit, the finest scale exponent among them.
         self.embedding = model.matrix("token_embd.weight")
         self.residual_bits = int(max(0, -int(self.embedding.exponents.min())))
-        self.embedding_codes = torch.from_numpy(self.embedding.natural_codes).to(self.device)  # int8
-        self.embedding_scales = torch.from_numpy(self.embedding.scales.astype(np.int64)).to(self.device)
-        self.embedding_shift = torch.from_numpy(
-            (self.embedding.exponents + self.residual_bits).astype(np.int64)).to(self.device)
         if self.embedding.minimums is not None:
             raise ValueError("the token embedding must be Q8_0")
+        if not self.products.compiled:  # the compiled path reads the numpy arrays (_embed)
+            self.embedding_codes = torch.from_numpy(self.embedding.natural_codes).to(self.device)  # int8
+            self.embedding_scales = torch.from_numpy(self.embedding.scales.astype(np.int64)).to(self.device)
+            self.embedding_shift = torch.from_numpy(
+                (self.embedding.exponents + self.residual_bits).astype(np.int64)).to(self.device)
 
-        self.blocks = [_Block(model, layer, self.residual_bits, self.device) for layer in range(shape.layers)]
+        self.blocks = []
+        for layer in range(shape.layers):
+            block = _Block(model, layer, self.residual_bits, self.device)
+            if self.products.compiled:  # one layer's natural copies at a time, never all 30 at once
+                for matrix in block.matrices():
+                    matrix.keep_kernel_layout_only()
+            self.blocks.append(block)
         self.cache_heads, self.cache_head_dim = shape.kv_heads, shape.head_dim
         self.cos = self.sin = torch.zeros(0, shape.head_dim // 2, dtype=torch.int64, device=self.device)
         self.norm_f = _norm_constants(model.vector("output_norm.weight"), shape.norm_eps, self.residual_bits,
@@ -772,8 +780,7 @@ class ExactGGUFLlamaEngine(ExactEngine):
         self.head = model.matrix(model.output_name())
         self.head.output_shift = np.full(self.head.rows, LOGIT_FRACTION_BITS, dtype=np.int32)
         if self.products.compiled:  # the kernels read only their own layout
-            for matrix in [self.head] + [m for block in self.blocks for m in block.matrices()]:
-                matrix.drop_natural_codes()
+            self.head.keep_kernel_layout_only()
         model.release()
 
         self.settings = {
