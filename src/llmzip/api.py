@@ -14,9 +14,9 @@ from . import online as online_model
 from .container import CHUNK_NAMES, EndRecord
 from .errors import CorruptError, EngineMismatchError, FormatError, LLMZipError, ModelError
 from .record import ModelRecord
-from .stream import StreamDecoder, StreamEncoder, Summary, online_unit_chunks
+from .stream import LOCKSTEP_CHUNKS, StreamDecoder, StreamEncoder, Summary, lockstep_limit, online_unit_chunks
 
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = 16  # chunks per group
 DEFAULT_CHUNK_TOKENS = 1023  # for a model named by path: longer chunks slow every decoding step
 MAX_CHUNK_TOKENS = 8191  # the longest a level uses (SmolLM2's context less one)
 
@@ -45,12 +45,12 @@ def _check_device(device: str) -> str:
     return device
 
 
-def _check_options(level: int, engine: str, batch_size: int) -> None:
+def _check_options(level: int, engine: str, batch_size: int | None) -> None:
     if not 1 <= level <= 9:
         raise ValueError("level must be between 1 and 9")
     if engine not in ("auto", "exact", "float"):
         raise ValueError("engine must be 'auto', 'exact' or 'float'")
-    if not 1 <= batch_size <= container.MAX_GROUP_CHUNKS:
+    if batch_size is not None and not 1 <= batch_size <= container.MAX_GROUP_CHUNKS:
         raise ValueError(f"batch_size must be between 1 and {container.MAX_GROUP_CHUNKS}")
 
 
@@ -63,7 +63,9 @@ class CompressOptions:
     engine: str = "auto"  # auto (exact where the model has one), exact or float
     device: str | None = None  # cpu, cuda[:N]; None: cuda when available
     chunk_tokens: int | None = None  # None: the level's (or the usual) chunk length
-    batch_size: int = DEFAULT_BATCH_SIZE  # chunks per group
+    # Chunks per group; None: DEFAULT_BATCH_SIZE, or at level 1 as many as the decoder holds in
+    # lockstep (models.LOCKSTEP_GROUP_LEVELS).
+    batch_size: int | None = None
     threads: int | None = None  # CPU threads; results do not depend on it with the exact engine
     xz_fallback: bool = True  # False: model-code all text (--model-only), the model's own code alone
     # Learn from the file while coding it (online.py). None: on with an exact engine unless
@@ -96,7 +98,12 @@ class Compressor:
                               f"less one, and at most {MAX_CHUNK_TOKENS}), not {chunk_tokens}")
         self.chunk_tokens = limit if chunk_tokens is None else chunk_tokens
         exact = None if engine == "auto" else engine == "exact"
-        self.engine = self.model.engine(exact=exact, device=device, batch_size=batch_size, threads=threads)
+        self.engine = self.model.engine(exact=exact, device=device, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                                        threads=threads)
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE
+            if model is None and level in models.LOCKSTEP_GROUP_LEVELS and self.engine.batch_invariant:
+                batch_size = lockstep_limit(self.engine, self.chunk_tokens, LOCKSTEP_CHUNKS)
         self.batch_size = batch_size
         self.xz_fallback = xz_fallback
         if online and not self.engine.batch_invariant:
@@ -241,7 +248,7 @@ def write_empty_stream(destination: BinaryIO, *, content_size: int | None = 0) -
 
 
 def compress(data: bytes, *, model: str | None = None, level: int = models.DEFAULT_LEVEL, engine: str = "auto",
-             device: str | None = None, chunk_tokens: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             device: str | None = None, chunk_tokens: int | None = None, batch_size: int | None = None,
              xz_fallback: bool = True, online: bool | None = None) -> bytes:
     """Compress `data` in one call; see Compressor for the options. Empty data loads no model."""
     if not data:

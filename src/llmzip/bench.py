@@ -168,7 +168,7 @@ def baseline(name: str) -> Codec | None:
 class ModelCodec(Codec):
     """llmzip with one model; the model is loaded once and reused for every file."""
 
-    def __init__(self, model: str, *, device: str | None = None, engine: str = "auto", batch_size: int = 16,
+    def __init__(self, model: str, *, device: str | None = None, engine: str = "auto", batch_size: int | None = None,
                  chunk_tokens: int | None = None, threads: int | None = None, xz_fallback: bool = True,
                  online: bool | None = None):
         from .api import CompressOptions, Compressor, Decompressor, _default_device
@@ -932,7 +932,8 @@ def add_bench_arguments(parser) -> None:
                              "(default ./bench-results)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda for the models (default: cuda when available)")
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto", help="inference engine")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks coded together (default 16)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="chunks coded together (default 16)")
     parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (default: the model's context)")
     parser.add_argument("-T", "--threads", type=int, metavar="N", help="CPU threads for inference")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",

@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-tokens", type=_positive, metavar="N",
                         help="tokens per independently coded chunk: 1 to the model's context less one (default: set "
                              "by the level, or by the model given with -m)")
-    parser.add_argument("--batch-size", type=_positive, default=16, metavar="N",
-                        help="chunks coded together in one batch (default 16)")
+    parser.add_argument("--batch-size", type=_positive, metavar="N",
+                        help="chunks coded together in one batch (default 16; level 1: as many as the decoder "
+                             "steps through together, 64 for llmzip-tiny)")
     parser.add_argument("--model-only", dest="xz_fallback", action="store_false",
                         help="model-code all text, even where xz would be smaller, with the model's own rows alone "
                              "(for measuring models)")

@@ -308,7 +308,8 @@ def add_explain_arguments(parser) -> None:
                         help="built-in model name or model path (default: the default level's model)")
     parser.add_argument("--device", metavar="DEVICE", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--engine", choices=("auto", "exact", "float"), default="auto", help="inference engine")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="chunks run together (default 16)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="chunks run together (default: as compression groups them)")
     parser.add_argument("--chunk-tokens", type=int, metavar="N", help="tokens per chunk (default: the model's context)")
     parser.add_argument("--max-bytes", type=int, metavar="N", help="explain only the first N bytes")
     parser.add_argument("--top", type=int, default=10, metavar="N",
