@@ -298,13 +298,19 @@ def test_a_worker_with_another_model_is_refused_by_the_command_line(address, tin
     assert sorted(os.listdir(tmp_path)) == ["a.txt"]
 
 
+def default_sigint() -> None:
+    # A job a shell starts in the background ignores SIGINT, and children inherit that; the llmzip
+    # under test must see Ctrl-C as at a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_cancels_the_tasks_and_leaves_no_output(address, tmp_path):
     paths = []
     for index in range(3):
         (tmp_path / f"big{index}.txt").write_bytes(prose(150_000, 10 + index))
         paths.append(str(tmp_path / f"big{index}.txt"))
     process = subprocess.Popen([sys.executable, "-m", "llmzip.cli", "--ray", address, "-1", *paths],
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while not ray_processes("_compress_task"):
@@ -327,7 +333,7 @@ def test_ctrl_c_while_one_file_is_spread_leaves_no_output(address, tmp_path):
     docs = Path(__file__).resolve().parent.parent / "docs"
     path.write_bytes(b"".join(page.read_bytes() for page in sorted(docs.glob("*.md"))) * 3)
     process = subprocess.Popen([sys.executable, "-m", "llmzip.cli", "--ray", address, "-1", str(path)],
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
         while not ray_processes("_full_pass_task"):
