@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ SAMPLE_TEXT = (
     "Language models predict the next token; an arithmetic coder turns predictions into bits. "
     "红楼梦是中国古典小说。 Ünïcödé, emoji 🙂 and tabs\tand\nnewlines.\n"
 )
+
+
+def default_sigint() -> None:
+    """For a subprocess's preexec_fn: a job a shell starts in the background ignores SIGINT, and
+    children inherit that; the llmzip under test must see Ctrl-C as a user at a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def train_tokenizer(vocab_size: int = 320) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from conftest import SAMPLE_TEXT
+from conftest import SAMPLE_TEXT, default_sigint
 from llmzip import api, bench, cluster
 from llmzip.cli import main
 
@@ -296,12 +296,6 @@ def test_a_worker_with_another_model_is_refused_by_the_command_line(address, tin
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("llmzip: on Ray node") and "not 000000000000…" in error
     assert sorted(os.listdir(tmp_path)) == ["a.txt"]
-
-
-def default_sigint() -> None:
-    # A job a shell starts in the background ignores SIGINT, and children inherit that; the llmzip
-    # under test must see Ctrl-C as at a terminal.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_cancels_the_tasks_and_leaves_no_output(address, tmp_path):

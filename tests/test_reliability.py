@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import llmzip
+from conftest import default_sigint
 from llmzip import cli, container
 from llmzip.errors import FormatError, LLMZipError, ModelError, TruncatedError
 
@@ -155,12 +156,6 @@ def _wait_for_partial(directory: Path, process, minimum_size: int = 0, timeout: 
     raise AssertionError("the process never started writing")
 
 
-def _default_sigint() -> None:
-    # A shell that starts a job in the background makes it ignore SIGINT, and children inherit
-    # that; the llmzip under test must see SIGINT as a user at a terminal would.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _interrupt(process, directory: Path, signal_number, minimum_size: int, delay: float) -> str:
     try:
         _wait_for_partial(directory, process, minimum_size)
@@ -181,7 +176,7 @@ def test_signal_during_compression_leaves_no_partial_output(tiny_model, tmp_path
     (tmp_path / "input.txt").write_bytes(text)
     process = subprocess.Popen(_llmzip_command("-m", tiny_model, "--engine", "float", "-T", "1", "input.txt"),
                                cwd=tmp_path, env=_cli_environment(), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     message = _interrupt(process, tmp_path, signal_number, 0, delay=0.5)  # well into model inference
     assert "interrupted" in message
     assert _leftovers(tmp_path, {"input.txt"}) == []
@@ -194,7 +189,7 @@ def test_signal_during_decompression_leaves_no_partial_output(tiny_model, tmp_pa
     packed = llmzip.compress(bytes(2 << 20), model=tiny_model, engine="float")  # two 1 MiB xz groups
     process = subprocess.Popen(_llmzip_command("-d", "-m", tiny_model, "-o", "output.bin"), cwd=tmp_path,
                                env=_cli_environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+                               stderr=subprocess.PIPE, preexec_fn=default_sigint)
     process.stdin.write(packed[: len(packed) // 2 + 64])
     process.stdin.flush()
     assert "interrupted" in _interrupt(process, tmp_path, signal_number, 1 << 20, delay=0)
@@ -327,7 +322,7 @@ def test_signal_during_default_model_compression_leaves_nothing(tmp_path, signal
     (tmp_path / "input.txt").write_bytes(text)
     process = subprocess.Popen(_llmzip_command("input.txt"), cwd=tmp_path, env=_cli_environment(),
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=_default_sigint)
+                               preexec_fn=default_sigint)
     message = _interrupt(process, tmp_path, signal_number, 0, delay=4)  # the model loaded and running
     assert "interrupted" in message
     assert _leftovers(tmp_path, {"input.txt"}) == []
@@ -341,7 +336,7 @@ def test_signal_during_default_model_decompression_leaves_nothing(tmp_path, defa
     (tmp_path / "packed.llmz").write_bytes(packed)
     process = subprocess.Popen(_llmzip_command("-d", "-o", "output.txt", "packed.llmz"), cwd=tmp_path,
                                env=_cli_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+                               stderr=subprocess.PIPE, preexec_fn=default_sigint)
     assert "interrupted" in _interrupt(process, tmp_path, signal_number, 0, delay=4)
     assert _leftovers(tmp_path, {"packed.llmz"}) == []
 
