@@ -101,9 +101,9 @@ class Compressor:
         self.engine = self.model.engine(exact=exact, device=device, batch_size=batch_size or DEFAULT_BATCH_SIZE,
                                         threads=threads)
         if batch_size is None:
-            batch_size = DEFAULT_BATCH_SIZE
-            if model is None and level in models.LOCKSTEP_GROUP_LEVELS and self.engine.batch_invariant:
-                batch_size = lockstep_limit(self.engine, self.chunk_tokens, LOCKSTEP_CHUNKS)
+            lockstep_groups = model is None and level in models.LOCKSTEP_GROUP_LEVELS and self.engine.batch_invariant
+            batch_size = (lockstep_limit(self.engine, self.chunk_tokens, LOCKSTEP_CHUNKS) if lockstep_groups
+                          else DEFAULT_BATCH_SIZE)
         self.batch_size = batch_size
         self.xz_fallback = xz_fallback
         if online and not self.engine.batch_invariant:

@@ -41,7 +41,7 @@ LEVELS = {
 DEFAULT_LEVEL = 5
 # Level 1 groups as many chunks as the decoder steps through together (64 for llmzip-tiny) where
 # the others group 16: a group's chunks are the online model's units, decoded in lockstep, so
-# level 1 decodes in a quarter of the steps and its files are 0.3-2.4 % larger (the online model
+# level 1 decodes in a quarter of the steps and its files are 0.5-2.4 % larger (the online model
 # sees less of the text before each chunk; README, "The online model at the fast level").
 LOCKSTEP_GROUP_LEVELS = (1,)
 
