@@ -1,4 +1,4 @@
-"""The compiled kernels; everything else about the package is in pyproject.toml."""
+"""The compiled kernels (the exact engine's and the online model's); everything else about the package is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +9,7 @@ setup(
             ["src/llmzip/engine/_quantized.c"],
             extra_compile_args=["-O3", "-std=gnu11", "-pthread"],
             extra_link_args=["-pthread"],
-        )
+        ),
+        Extension("llmzip._online", ["src/llmzip/_online.c"], extra_compile_args=["-O3", "-std=gnu11"]),
     ]
 )

@@ -39,10 +39,11 @@ import tempfile
 import time
 import traceback
 import zlib
-from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 import llmzip
 from llmzip import container, stream
@@ -280,21 +281,19 @@ def install_memo() -> tuple[dict, Callable[[], None]]:
         def compute():
             mark = online.checkpoint()  # opens the log of table writes
             decoded = [tokens.copy() for tokens in originals[1](engine, records, online)]
-            tables = {id(table): index for index, table in enumerate(online.tables)}
-            writes = array("q")  # (table, slot, value) triples, flat: the memo holds thousands of these
-            for table, slot, _ in online._undo[mark[1]:]:
-                writes.extend((tables[id(table)], slot, table[slot]))
+            written = [indices for indices, _ in online._undo[mark[1]:]]
+            written = np.unique(np.concatenate(written)) if written else np.zeros(0, dtype=np.int64)
+            writes = (written, online.tables.reshape(-1)[written].copy())  # the unit's table writes, as they ended
             online.commit()
-            return decoded, (array(online.tokens.typecode, online.tokens), online.unknown, writes,
-                             array("q", online.hits), array("q", online.trials))
+            return decoded, (online.history().copy(), writes, online.hits.copy(), online.trials.copy())
 
         hit = key in memo
-        decoded, (tokens, unknown, writes, hits, trials) = remember(key, compute)
+        decoded, (tokens, (written, values), hits, trials) = remember(key, compute)
         if hit:  # the unit's effect on the online model, without the model
-            online.tokens, online.unknown = array(tokens.typecode, tokens), unknown
-            for at in range(0, len(writes), 3):
-                online.tables[writes[at]][writes[at + 1]] = writes[at + 2]
-            online.hits, online.trials = list(hits), list(trials)
+            online.begin_unit([len(tokens) - online.size])  # room for the unit's tokens
+            online.tokens[: len(tokens)] = tokens
+            online.tables.reshape(-1)[written] = values
+            online.hits, online.trials = hits.copy(), trials.copy()
             online.end_unit()
         online.memo_chain = hash(key)
         return [tokens.copy() for tokens in decoded]

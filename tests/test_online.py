@@ -112,16 +112,55 @@ def test_predictions_do_not_depend_on_later_positions_of_any_chunk():
 
 
 def test_token_ids_past_16_bits_predict_as_small_ones_do():
-    """The history keeps two bytes a token until an id does not fit, then widens: same predictions."""
     generator = random.Random(3)
     chunks = [[generator.randrange(6) for _ in range(60)] for _ in range(3)]
     renamed = [[70_005 if token == 5 else token for token in chunk] for chunk in chunks]  # one id renamed
-    model = online.OnlineModel(_settings())
-    small, large = _walk(online.OnlineModel(_settings()), chunks), _walk(model, renamed)
-    assert model.unknown == -1  # widened on the first 70,005
+    small, large = _walk(online.OnlineModel(_settings()), chunks), _walk(online.OnlineModel(_settings()), renamed)
     assert any(candidate == 70_005 for candidate, _ in large.values())
     assert {key: (5 if candidate == 70_005 else candidate, length) for key, (candidate, length) in large.items()} \
         == small
+
+
+def _walk_steps(model, chunks):
+    """_walk through the step-wise calls the coder makes (compiled where built)."""
+    lengths = [len(chunk) for chunk in chunks]
+    model.begin_unit(lengths)
+    predictions = {}
+    for step in range(max(lengths)):
+        active = [row for row, length in enumerate(lengths) if step < length]
+        candidates, match_lengths = model.predict_step(active, step)
+        predictions.update({(row, step): (int(c), int(n)) for row, c, n in zip(active, candidates, match_lengths)})
+        model.observe_step(active, step, [chunks[row][step] for row in active])
+    model.end_unit()
+    return predictions
+
+
+@pytest.mark.skipif(online._online is None, reason="built without the compiled online model")
+def test_compiled_match_model_predicts_and_remembers_as_the_python_rule():
+    """Step-wise compiled calls and the one-chunk Python definition: the same candidates and lengths,
+    the same history and tables, unit after unit, and the same state after a rollback."""
+    generator = random.Random(4)
+    phrases = [[generator.randrange(70_000) for _ in range(12)] for _ in range(5)]
+
+    def chunk(length):
+        tokens = []
+        while len(tokens) < length:
+            tokens += generator.choice(phrases)[: generator.randrange(2, 13)] + [generator.randrange(9)]
+        return tokens[:length]
+
+    units = [[chunk(generator.randrange(1, 90)) for _ in range(generator.randrange(1, 5))] for _ in range(6)]
+    compiled, python = online.OnlineModel(_settings()), online.OnlineModel(_settings())
+    for index, unit in enumerate(units):
+        marks = (compiled.checkpoint(), python.checkpoint()) if index == 3 else None
+        fast, slow = _walk_steps(compiled, unit), _walk(python, unit)
+        assert fast == slow and any(candidate >= 0 for candidate, _ in fast.values())
+        if marks:
+            compiled.rollback(marks[0])
+            python.rollback(marks[1])
+            compiled.commit()
+            python.commit()
+        assert np.array_equal(compiled.history(), python.history())
+        assert np.array_equal(compiled.tables, python.tables)
 
 
 def test_earlier_units_are_seen_whole_and_rollback_forgets_a_unit():
@@ -210,9 +249,10 @@ def test_groups_replaced_by_xz_are_forgotten_by_the_encoder(one_thread, monkeypa
     reader = llmzip.Decompressor().stream_reader(io.BytesIO(packed))
     assert b"".join(reader) == data
     encoded, decoded = writer.online, reader._online
-    assert len(encoded.tokens) == sum(chunk.token_count for chunk in _model_chunks(packed))
-    assert encoded.tokens == decoded.tokens  # UNKNOWN where not observed
-    assert (encoded.hits, encoded.trials) == (decoded.hits, decoded.trials) and encoded.tables == decoded.tables
+    assert len(encoded.history()) == sum(chunk.token_count for chunk in _model_chunks(packed))
+    assert np.array_equal(encoded.history(), decoded.history())  # UNKNOWN where not observed
+    assert np.array_equal(encoded.hits, decoded.hits) and np.array_equal(encoded.trials, decoded.trials)
+    assert np.array_equal(encoded.tables, decoded.tables)
 
 
 def _model_chunks(packed):
@@ -465,3 +505,39 @@ def test_a_chunk_sees_other_chunks_secondary_estimates_from_the_next_fold():
         model.end_unit()
         model.begin_unit([20])
         assert model.target(0, 5, weight)[0] > before[0]  # every version: the next unit sees them
+
+
+@pytest.mark.skipif(online._online is None, reason="built without the compiled online model")
+@pytest.mark.parametrize("with_symbols", [True, False])
+def test_compiled_mixing_gives_the_python_rules_integers(monkeypatch, with_symbols):
+    """OnlineModel.mix and learn_rows, compiled and in Python: the same rows and the same counts."""
+    generator = np.random.default_rng(7)
+    rows = _random_rows(generator, 300, 200).astype(np.float64)
+    rows[:40] = 0
+    rows[:40, 3] = TOTAL - 2  # the model almost sure: near the ends of the log-odds
+    rows[:40, 4] = 2
+    chunks = generator.integers(0, 3, size=300)
+    candidates = generator.integers(-1, 200, size=300)
+    candidates[:20] = 3
+    lengths = generator.integers(0, 60, size=300)
+    symbols = np.where(generator.random(300) < 0.5, candidates, generator.integers(0, 200, size=300))
+    results = []
+    for compiled in (online._online, None):
+        monkeypatch.setattr(online, "_online", compiled)
+        model = online.OnlineModel(_settings())
+        model.begin_unit([400, 400, 400])
+        model.hits[:] = generator.integers(0, 1 << 18, size=online.CELLS) if not results else results[0][3]
+        model.trials[:] = model.hits + (1 << 18) if not results else results[0][4]
+        mixed = rows.copy()
+        if with_symbols:
+            learnt = model.mix(mixed, chunks, candidates, lengths, symbols)
+        else:
+            learnt = model.mix(mixed, chunks, candidates, lengths)
+            model.learn_rows(chunks, *learnt, candidates, symbols)
+        results.append((mixed, learnt, model.own_hits.copy(), model.hits.copy(), model.trials.copy(),
+                        model.own_trials.copy()))
+    (mixed, learnt, own_hits, _, _, own_trials), (mixed_py, learnt_py, own_hits_py, _, _, own_trials_py) = results
+    assert np.array_equal(mixed, mixed_py) and (mixed.sum(axis=1) == TOTAL).all()
+    assert all(np.array_equal(a, b) for a, b in zip(learnt, learnt_py)) and (learnt[0] > 0).sum() > 100
+    assert np.array_equal(own_hits, own_hits_py) and np.array_equal(own_trials, own_trials_py)
+    assert own_trials.sum() > 0

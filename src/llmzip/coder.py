@@ -25,7 +25,8 @@ _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 _WORD = np.dtype("<u4")
 
 
-def _as_rows(weights: np.ndarray) -> np.ndarray:
+def float_rows(weights: np.ndarray) -> np.ndarray:
+    """Weights as the float64 rows the coder takes: themselves when they already are."""
     rows = np.ascontiguousarray(weights, dtype=np.float64)
     if rows.ndim != 2:
         raise ValueError("weights must be a (positions, vocabulary) array")
@@ -34,13 +35,16 @@ def _as_rows(weights: np.ndarray) -> np.ndarray:
 
 class FloatRows:
     """One float64 buffer that rows are converted into before coding, reused from call to call: a
-    fresh 100 MB array per piece of rows costs more in page faults than the conversion itself."""
+    fresh 100 MB array per piece of rows costs more in page faults than the conversion itself.
+    Rows that are float64 already (the compiled GGUF engine writes them so) need no buffer."""
 
     def __init__(self):
         self._buffer = np.empty(0, dtype=np.float64)
 
     def convert(self, weights: np.ndarray) -> np.ndarray:
-        """weights (T, V) as float64, in the buffer (valid until the next call)."""
+        """weights (T, V) as float64: themselves if they are, else in the buffer (valid until the next call)."""
+        if weights.dtype == np.float64 and weights.flags.c_contiguous:
+            return weights
         if self._buffer.size < weights.size:
             self._buffer = np.empty(weights.size, dtype=np.float64)
         rows = self._buffer[: weights.size].reshape(weights.shape)
@@ -58,7 +62,7 @@ class Encoder:
         """Code symbols (T,) under weights (T, V); one vectorised call, no loop per symbol."""
         symbols = np.ascontiguousarray(symbols, dtype=np.int32)
         if len(symbols):
-            self._encoder.encode(symbols, _CATEGORICAL, _as_rows(weights))
+            self._encoder.encode(symbols, _CATEGORICAL, float_rows(weights))
 
     def finish(self) -> bytes:
         return self._encoder.get_compressed().astype(_WORD).tobytes()
@@ -73,7 +77,7 @@ class Decoder:
 
     def decode(self, weights: np.ndarray) -> np.ndarray:
         """Decode one symbol per row of weights (T, V)."""
-        return np.asarray(self._decoder.decode(_CATEGORICAL, _as_rows(weights)), dtype=np.int64)
+        return np.asarray(self._decoder.decode(_CATEGORICAL, float_rows(weights)), dtype=np.int64)
 
 
 def encode(symbols: np.ndarray, weights: np.ndarray) -> bytes:
@@ -82,8 +86,9 @@ def encode(symbols: np.ndarray, weights: np.ndarray) -> bytes:
     return encoder.finish()
 
 
-def code_length_bits(symbols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The ideal cost −log2 p of each symbol under its row (the cross-entropy bound).
+def code_length_bits(symbols: np.ndarray, weights: np.ndarray, total: int | None = None) -> np.ndarray:
+    """The ideal cost −log2 p of each symbol under its row (the cross-entropy bound); `total`:
+    what every row sums to, when the caller knows it (exact engines), saving a pass over the rows.
 
     A probability below the coder's smallest count (2^-precision) is counted at that floor,
     since the coder gives every symbol at least that much.
@@ -91,7 +96,8 @@ def code_length_bits(symbols: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if np.ndim(weights) != 2:
         raise ValueError("weights must be a (positions, vocabulary) array")
     # Only the chosen entries and the row sums are needed: no float copy of the whole rows.
-    totals = np.asarray(weights.sum(axis=1), dtype=np.float64)
+    totals = np.full(len(weights), float(total)) if total is not None else \
+        np.asarray(weights.sum(axis=1), dtype=np.float64)
     chosen = np.asarray(weights[np.arange(len(symbols)), symbols], dtype=np.float64)
     chosen = np.maximum(chosen, totals * 2.0 ** -CODER_SETTINGS["precision"])
     return np.log2(totals) - np.log2(chosen)

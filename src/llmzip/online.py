@@ -27,12 +27,16 @@ and decoder both walk a unit step by step through `predict` and `observe`, and f
 
 from __future__ import annotations
 
-from array import array
 from fractions import Fraction
 
 import numpy as np
 
 from .errors import FormatError
+
+try:  # the per-token work compiled (_online.c); the Python below is its definition and the fallback
+    from . import _online
+except ImportError:  # pragma: no cover - a build without the extension
+    _online = None
 
 ONLINE_VERSION = 2  # written; 1: a unit's chunks share their secondary estimates only at its end
 VERSIONS = (1, 2)
@@ -53,6 +57,8 @@ TOKEN_BITS = 20  # a token id's field in a context key (vocabularies up to 2**20
 _MASK64 = (1 << 64) - 1
 _HASH_MULTIPLIER = 0x9E3779B97F4A7C15
 _LONGEST = max(MATCH_ORDERS)
+_ORDERS_ARRAY = np.array(MATCH_ORDERS, dtype=np.int64)
+UNKNOWN = -1  # a history position not yet observed
 
 
 def online_settings(unit_chunks: int, fold_steps: int | None = None, version: int = ONLINE_VERSION) -> dict:
@@ -116,6 +122,8 @@ def _node_prior(node: int) -> int:
 
 
 _PRIORS = [_node_prior(node) for node in range(STRETCH_NODES)]
+CELLS = LENGTH_CONTEXTS * STRETCH_NODES  # cells of the secondary estimate
+_LOG2_ARRAY, _PRIORS_ARRAY = np.array(_LOG2_MANTISSA, dtype=np.int64), np.array(_PRIORS, dtype=np.int64)
 
 
 def length_context(length: int) -> int:
@@ -126,8 +134,9 @@ def length_context(length: int) -> int:
 # -- the mixed row --------------------------------------------------------------------------------
 
 def mix_row(row: np.ndarray, candidate: int, probability: int) -> None:
-    """The row handed to the coder, in place: row (V,) sums to 2**30, `candidate` (−1: none) gets
-    `probability` in 2**-16 (0: leave the row). Encoder and decoder both come through here.
+    """The row handed to the coder, in place: row (V,) of int64 sums to 2**30, `candidate` (−1: none)
+    gets `probability` in 2**-16 (0: leave the row). Encoder and decoder both come through here
+    (OnlineModel.mix, or its compiled twin).
 
     The candidate gets p and every other entry is scaled by f = floor((2**30 − p·2**30) · 2**30
     / rest), rest being what the model gave the others; entries stay below 2**60, and the
@@ -166,33 +175,41 @@ class OnlineModel:
         check_settings(settings)
         self.unit_chunks = settings["unit_chunks"]
         self.fold_steps = settings.get("fold_steps")  # None: version 1
-        # every model-coded token so far, chunk after chunk; UNKNOWN where not yet observed. Two bytes
-        # a token while ids fit (the history is what grows with the file), widened when one does not.
-        self.tokens = array("H")
-        self.unknown = 0xFFFF
-        # per order: context hash -> position of the token that followed that context; int32 arrays,
-        # a fixed 16 MiB each however many slots fill (a list would hold an int object per slot)
-        self.tables = [array("i", [-1]) * (1 << HASH_BITS) for _ in MATCH_ORDERS]
-        self.hits = [0] * (LENGTH_CONTEXTS * STRETCH_NODES)  # per cell, in 1/256 observations
-        self.trials = [0] * (LENGTH_CONTEXTS * STRETCH_NODES)
-        # (table, slot, old position) of the writes since the first checkpoint not yet committed; a
-        # decoder takes no checkpoints, so it keeps no log that would grow with the file
-        self._undo: list[tuple[array, int, int]] | None = None
+        # every model-coded token so far, chunk after chunk, in the first `size` entries of a buffer
+        # that doubles as it fills; UNKNOWN where not yet observed
+        self.tokens = np.full(1 << 12, UNKNOWN, dtype=np.int32)
+        self.size = 0
+        # per order: context hash -> position of the token that followed that context (int32, a fixed
+        # 16 MiB an order however many slots fill)
+        self.tables = np.full((len(MATCH_ORDERS), 1 << HASH_BITS), -1, dtype=np.int32)
+        self.hits = np.zeros(CELLS, dtype=np.int64)  # per cell, in 1/256 observations
+        self.trials = np.zeros(CELLS, dtype=np.int64)
+        # (flat table indices, old positions) of the writes since the first checkpoint not yet
+        # committed; a decoder takes no checkpoints, so it keeps no log that would grow with the file
+        self._undo: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._begin_unit([])
+
+    def history(self) -> np.ndarray:
+        """The tokens so far (a view)."""
+        return self.tokens[: self.size]
 
     # -- checkpoints (encoder only) --
 
     def checkpoint(self) -> tuple:
         if self._undo is None:
             self._undo = []
-        return len(self.tokens), len(self._undo), list(self.hits), list(self.trials)
+        return self.size, len(self._undo), self.hits.copy(), self.trials.copy()
 
     def rollback(self, mark: tuple) -> None:
-        size, undo_size, self.hits, self.trials = mark[0], mark[1], list(mark[2]), list(mark[3])
-        del self.tokens[size:]
-        while len(self._undo) > undo_size:
-            table, slot, old = self._undo.pop()
-            table[slot] = old
+        size, undo_size, self.hits, self.trials = mark[0], mark[1], mark[2].copy(), mark[3].copy()
+        self.tokens[size : self.size] = UNKNOWN
+        self.size = size
+        if len(self._undo) > undo_size:
+            indices = np.concatenate([indices for indices, _ in self._undo[undo_size:]])
+            old = np.concatenate([old for _, old in self._undo[undo_size:]])
+            written, first = np.unique(indices, return_index=True)  # a slot's first write saw what was there before
+            self.tables.reshape(-1)[written] = old[first]
+            del self._undo[undo_size:]
         self._begin_unit([])
 
     def commit(self) -> None:
@@ -202,16 +219,17 @@ class OnlineModel:
     # -- a unit --
 
     def _begin_unit(self, lengths: list[int]) -> None:
-        self.bases = []
-        for length in lengths:
-            self.bases.append(len(self.tokens))
-            self.tokens.extend(array(self.tokens.typecode, [self.unknown]) * length)
-        self.pointer = [-1] * len(lengths)  # position of each chunk's candidate, −1: no match
-        self.length = [0] * len(lengths)
-        self._cached_slots = [(-1, [])] * len(lengths)  # predict and observe of one step share the slots
-        cells = len(self.hits)
-        self.own_hits = [[0] * cells for _ in lengths]  # each chunk's observations not yet folded in
-        self.own_trials = [[0] * cells for _ in lengths]
+        self.bases = np.array([self.size + sum(lengths[:i]) for i in range(len(lengths))], dtype=np.int64)
+        end = self.size + sum(lengths)
+        if end > len(self.tokens):
+            grown = np.full(max(end, 2 * len(self.tokens)), UNKNOWN, dtype=np.int32)
+            grown[: self.size] = self.tokens[: self.size]
+            self.tokens = grown
+        self.size = end
+        self.pointer = np.full(len(lengths), -1, dtype=np.int64)  # position of each chunk's candidate, −1: none
+        self.length = np.zeros(len(lengths), dtype=np.int64)
+        self.own_hits = np.zeros((len(lengths), CELLS), dtype=np.int64)  # each chunk's observations not yet
+        self.own_trials = np.zeros((len(lengths), CELLS), dtype=np.int64)  # folded in
         self._folded_at = 0  # the step of the last fold
 
     def begin_unit(self, lengths: list[int]) -> None:
@@ -233,44 +251,66 @@ class OnlineModel:
     def _fold(self) -> None:
         """Every chunk's observations join the shared table; old counts fade past the limit."""
         hits, trials = self.hits, self.trials
-        for own_hits, own_trials in zip(self.own_hits, self.own_trials):
-            for cell, count in enumerate(own_trials):
-                if count:
-                    hits[cell] += own_hits[cell]
-                    trials[cell] += count
-                    own_hits[cell] = own_trials[cell] = 0
-        for cell, count in enumerate(trials):
-            if count > COUNT_LIMIT:
-                hits[cell] = hits[cell] * COUNT_LIMIT // count
-                trials[cell] = COUNT_LIMIT
+        hits += self.own_hits.sum(axis=0)
+        trials += self.own_trials.sum(axis=0)
+        self.own_hits[:] = self.own_trials[:] = 0
+        faded = trials > COUNT_LIMIT
+        hits[faded] = hits[faded] * COUNT_LIMIT // trials[faded]
+        trials[faded] = COUNT_LIMIT
+
+    # -- the match model: a step of a unit, compiled where built --
+
+    def _match_state(self) -> tuple:
+        return self.tokens, self.size, self.tables, _ORDERS_ARRAY, self.bases, self.pointer, self.length
+
+    def predict_step(self, chunks: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates, match lengths) of position `step` of each of `chunks` (−1 and 0: none), in order."""
+        chunks = np.ascontiguousarray(chunks, dtype=np.int64)
+        candidates, lengths = np.empty(len(chunks), dtype=np.int64), np.empty(len(chunks), dtype=np.int64)
+        if _online is not None:
+            _online.predict(*self._match_state(), chunks, step, candidates, lengths)
+        else:
+            for i, chunk in enumerate(chunks.tolist()):
+                candidates[i], lengths[i] = self.predict(chunk, step)
+        return candidates, lengths
+
+    def observe_step(self, chunks: np.ndarray, step: int, symbols: np.ndarray) -> None:
+        """Position `step` of each of `chunks` holds that symbol: observe them, in order."""
+        chunks = np.ascontiguousarray(chunks, dtype=np.int64)
+        symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+        if _online is None:
+            for chunk, symbol in zip(chunks.tolist(), symbols.tolist()):
+                self.observe(chunk, step, symbol)
+            return
+        undo = None if self._undo is None else np.empty(2 * len(MATCH_ORDERS) * len(chunks), dtype=np.int64)
+        writes = _online.observe(*self._match_state(), chunks, step, symbols, undo)
+        if undo is not None:
+            self._undo.append((undo[0 : 2 * writes : 2], undo[1 : 2 * writes : 2]))
+
+    # -- the match model, one chunk at a time: the definition --
 
     def _slots(self, chunk: int, step: int) -> list[int]:
         """The table slot of each order for the tokens before position `step` of `chunk` (−1 where
         the chunk holds fewer): the key of n tokens is their ids in 20-bit fields, the nearest lowest."""
-        cached = self._cached_slots[chunk]
-        if cached[0] == step:
-            return cached[1]
-        tokens, end = self.tokens, self.bases[chunk] + step
+        tokens, end = self.tokens, int(self.bases[chunk]) + step
         keys, key = [], 0
         for n in range(1, min(step, _LONGEST) + 1):
-            key |= tokens[end - n] << (TOKEN_BITS * (n - 1))
+            key |= int(tokens[end - n]) << (TOKEN_BITS * (n - 1))
             keys.append(key)
-        slots = [((keys[order - 1] * _HASH_MULTIPLIER) & _MASK64) >> (64 - HASH_BITS) if order <= step else -1
-                 for order in MATCH_ORDERS]
-        self._cached_slots[chunk] = (step, slots)
-        return slots
+        return [((keys[order - 1] * _HASH_MULTIPLIER) & _MASK64) >> (64 - HASH_BITS) if order <= step else -1
+                for order in MATCH_ORDERS]
 
     def predict(self, chunk: int, step: int) -> tuple[int, int]:
         """(candidate token or −1, its match length) for position `step` of `chunk`."""
-        pointer = self.pointer[chunk]
+        pointer = int(self.pointer[chunk])
         if pointer >= 0:
-            return self.tokens[pointer], self.length[chunk]
-        here = self.bases[chunk] + step
+            return int(self.tokens[pointer]), int(self.length[chunk])
+        here = int(self.bases[chunk]) + step
         tokens = self.tokens
-        for order, table, slot in zip(MATCH_ORDERS, self.tables, self._slots(chunk, step)):
+        for table, slot, order in zip(self.tables, self._slots(chunk, step), MATCH_ORDERS):
             if slot < 0:
                 continue
-            found = table[slot]
+            found = int(table[slot])
             if found < 0:
                 continue
             length = 0
@@ -279,31 +319,29 @@ class OnlineModel:
                 length += 1
             if length >= order:  # else another context in the same slot
                 self.pointer[chunk], self.length[chunk] = found, length
-                return tokens[found], length
+                return int(tokens[found]), length
         return -1, 0
 
     def observe(self, chunk: int, step: int, token: int) -> None:
         """Token `token` is position `step` of `chunk`: store it, run the match on, remember the context."""
-        here = self.bases[chunk] + step
-        if token >= self.unknown >= 0:  # an id past 16 bits: widen the history to int32, −1 for unknown
-            self.tokens = array("i", (-1 if t == self.unknown else t for t in self.tokens))
-            self.unknown = -1
+        here = int(self.bases[chunk]) + step
         self.tokens[here] = token
-        pointer = self.pointer[chunk]
+        pointer = int(self.pointer[chunk])
         if pointer >= 0:
             tokens, following = self.tokens, pointer + 1
-            if tokens[pointer] == token and following < len(tokens) and tokens[following] != self.unknown:
+            if tokens[pointer] == token and following < self.size and tokens[following] != UNKNOWN:
                 self.pointer[chunk] = following
                 self.length[chunk] += 1
             else:
                 self.pointer[chunk], self.length[chunk] = -1, 0
         if here > POSITION_LIMIT:  # the tables hold int32 positions: later contexts are not remembered
             return
-        for table, slot in zip(self.tables, self._slots(chunk, step)):
+        for index, slot in enumerate(self._slots(chunk, step)):
             if slot >= 0:
                 if self._undo is not None:
-                    self._undo.append((table, slot, table[slot]))
-                table[slot] = here
+                    flat = (index << HASH_BITS) + slot
+                    self._undo.append((np.array([flat]), np.array([self.tables[index, slot]])))
+                self.tables[index, slot] = here
 
     def target(self, chunk: int, length: int, weight: int) -> tuple[int, int, int]:
         """The candidate's probability in 2**-16 (0: leave the row as the model made it), and the
@@ -323,8 +361,8 @@ class OnlineModel:
         return min(max(probability, 1), (1 << PROBABILITY_BITS) - 1), cell, fraction
 
     def _estimate(self, chunk: int, cell: int, node: int) -> int:
-        hits = self.hits[cell] + self.own_hits[chunk][cell]
-        trials = self.trials[cell] + self.own_trials[chunk][cell]
+        hits = int(self.hits[cell] + self.own_hits[chunk, cell])
+        trials = int(self.trials[cell] + self.own_trials[chunk, cell])
         return ((hits << PROBABILITY_BITS) + _PRIORS[node] * PRIOR_WEIGHT) // (trials + PRIOR_WEIGHT)
 
     def learn(self, chunk: int, cell: int, fraction: int, hit: bool) -> None:
@@ -336,3 +374,47 @@ class OnlineModel:
         if hit:
             own_hits[cell] += low
             own_hits[cell + 1] += high
+
+    # -- rows: the secondary estimate mixed in, compiled where built --
+
+    def mix(self, rows: np.ndarray, chunks: np.ndarray, candidates: np.ndarray, lengths: np.ndarray,
+            symbols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows (N, V) of float64 exact integers mixed in place, row i being of chunk `chunks[i]`
+        with that candidate and match length. With `symbols` (the encoder's rows of one chunk, in
+        order), what row i codes is learnt before row i + 1 is mixed; without (the decoder's rows of
+        distinct chunks), the returned (probabilities, cells, fractions) go to `learn_rows` once the
+        symbols are decoded. The same integers either way, compiled or not."""
+        N, V = rows.shape
+        chunks, candidates, lengths = (np.ascontiguousarray(a, dtype=np.int64) for a in (chunks, candidates, lengths))
+        if symbols is not None:
+            symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+        probabilities, cells, fractions = (np.zeros(N, dtype=np.int64) for _ in range(3))
+        if _online is not None and rows.dtype == np.float64 and rows.flags.c_contiguous:
+            _online.mix(rows, N, V, chunks, candidates, lengths, symbols, self.hits, self.trials, self.own_hits,
+                        self.own_trials, _LOG2_ARRAY, _PRIORS_ARRAY, probabilities, cells, fractions)
+            return probabilities, cells, fractions
+        for i in range(N):
+            candidate = int(candidates[i])
+            if candidate < 0:
+                continue
+            probabilities[i], cells[i], fractions[i] = self.target(int(chunks[i]), int(lengths[i]),
+                                                                   int(rows[i, candidate]))
+            if probabilities[i]:
+                mixed = rows[i].astype(np.int64)
+                mix_row(mixed, candidate, int(probabilities[i]))
+                rows[i] = mixed
+                if symbols is not None:
+                    self.learn(int(chunks[i]), int(cells[i]), int(fractions[i]), int(symbols[i]) == candidate)
+        return probabilities, cells, fractions
+
+    def learn_rows(self, chunks: np.ndarray, probabilities: np.ndarray, cells: np.ndarray, fractions: np.ndarray,
+                   candidates: np.ndarray, symbols: np.ndarray) -> None:
+        """What `mix` without symbols left to learn, now that the rows' symbols are known."""
+        arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (chunks, cells, fractions, probabilities,
+                                                                     candidates, symbols)]
+        if _online is not None:
+            _online.learn_rows(*arrays, self.own_hits, self.own_trials)
+            return
+        for chunk, cell, fraction, probability, candidate, symbol in zip(*(a.tolist() for a in arrays)):
+            if probability:
+                self.learn(chunk, cell, fraction, symbol == candidate)

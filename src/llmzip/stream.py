@@ -16,7 +16,7 @@ The encoder (StreamEncoder) is a short pipeline:
 The decoder (StreamDecoder) reads the groups back and decodes their model chunks in lockstep
 (`lockstep`). The encoder uses a full pass only when the engine proves the two identical
 (batch_invariant), and otherwise walks the very same lockstep path with the same batch shapes;
-with the online model, both mix its candidates into the rows through `_mix_online`.
+with the online model, both mix its candidates into the rows through `OnlineModel.mix`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
 from .errors import CorruptError
-from .online import OnlineModel, mix_row
+from .online import ROW_TOTAL_BITS, OnlineModel
 from .record import ModelRecord
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
@@ -47,6 +47,7 @@ _XZ_ENCODER_FILTERS = ([{"id": lzma.FILTER_LZMA2, "preset": 6}],
 MIN_MODEL_PAYLOAD = 4  # the range coder ends every chunk of one token or more with at least one 32-bit word
 # The exact engine decodes up to this many chunks of consecutive groups in lockstep, within a
 # budget for their key/value caches (SmolLM2-135M in the GGUF engine needs ~25 MB per 1023-token chunk).
+EXACT_ROW_TOTAL = 1 << ROW_TOTAL_BITS  # what every row of an exact engine sums to
 LOCKSTEP_CHUNKS = 64
 LOCKSTEP_CACHE_BYTES = 3 * 2**27  # 384 MiB
 
@@ -115,7 +116,7 @@ def lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int], on
     never depends on which chunks are done: encoder and decoder see the same computation. After
     each yield, `token_at(chunk, step)` gives the token the caller coded at that position. With an
     online model (the unit begun by the caller), every active chunk predicts before the step is
-    yielded, `predictions` holding its (candidate, match length), and observes its token after:
+    yielded, `predictions` holding the active chunks' (candidates, match lengths), and observes its token after:
     the order of the file's rule. `engine` None walks the online model alone (weights None): the
     encoder's walk, whose rows come from a full pass.
     """
@@ -124,32 +125,31 @@ def lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int], on
     for step in range(max(lengths, default=0)):
         weights = session.advance(feed) if session is not None else None
         active = [chunk for chunk, length in enumerate(lengths) if step < length]
-        predictions = [online.predict(chunk, step) for chunk in active] if online is not None else None
+        predictions = online.predict_step(active, step) if online is not None else None
         yield step, weights, active, predictions
         tokens = [int(token_at(chunk, step)) for chunk in active]
         if online is not None:
-            for chunk, token in zip(active, tokens):
-                online.observe(chunk, step, token)
+            online.observe_step(active, step, tokens)
         if session is not None:
             feed = np.full(len(lengths), engine.start_token, dtype=np.int64)
             feed[active] = tokens
 
 
-def _mix_online(online: OnlineModel, chunks: list[int], rows: np.ndarray, candidates: np.ndarray,
-                match_lengths: np.ndarray, token_at: Callable[[int, np.ndarray], int]) -> None:
-    """The online model's one probability path, for encoder and decoder alike: row i (of chunk
-    `chunks[i]`, with its candidate and match length) is mixed in place, then `token_at(i, row)`
-    gives the token coded under it (the encoder's own, or what the decoder reads from the row),
-    which the secondary estimate learns from before the chunk's next position is mixed."""
-    for i in range(len(rows)):
-        row, candidate, probability = rows[i : i + 1], int(candidates[i]), 0
-        if candidate >= 0:
-            probability, cell, fraction = online.target(chunks[i], int(match_lengths[i]), int(row[0, candidate]))
-        if probability:
-            mix_row(row[0], candidate, probability)
-        token = token_at(i, row)
-        if probability:
-            online.learn(chunks[i], cell, fraction, token == candidate)
+def _mix_encoder_rows(online: OnlineModel, chunk: int, rows: np.ndarray, candidates: np.ndarray,
+                      match_lengths: np.ndarray, symbols: np.ndarray) -> None:
+    """The online model's one probability path, encoder side: rows of positions of one chunk, in
+    order, mixed in place; each symbol is learnt from before the next row is mixed."""
+    online.mix(rows, np.full(len(rows), chunk), candidates, match_lengths, symbols)
+
+
+def _mix_decoder_rows(online: OnlineModel, chunks: list[int], rows: np.ndarray, candidates: np.ndarray,
+                      match_lengths: np.ndarray, decode: Callable[[int, np.ndarray], int]) -> None:
+    """The same path, decoder side: one row of each chunk in `chunks` mixed in place, its token
+    decoded by `decode(i, row)`, then learnt from. A chunk's next row is mixed only at the next
+    step, so learning after the step's rows are decoded is learning in the encoder's order."""
+    mixed = online.mix(rows, np.asarray(chunks), candidates, match_lengths)
+    symbols = np.array([decode(i, rows[i : i + 1]) for i in range(len(rows))], dtype=np.int64)
+    online.learn_rows(np.asarray(chunks), *mixed, candidates, symbols)
 
 
 def lockstep_limit(engine, chunk_tokens: int, most: int) -> int:
@@ -179,16 +179,16 @@ class _ChunkEncoder:
         self.bits = self.alone_bits = 0.0
 
     def encode(self, start: int, symbols: np.ndarray, rows: np.ndarray, alone: np.ndarray | None = None,
-               floats: coder.FloatRows | None = None) -> None:
-        """Code the tokens at positions start.. under their rows; `alone`: their bits under the model's rows alone;
-        `floats`: the buffer the rows are converted in."""
-        bits = coder.code_length_bits(symbols, rows)
+               total: int | None = None) -> None:
+        """Code the tokens at positions start.. under their rows (float64 rows are coded as they are);
+        `alone`: their bits under the model's rows alone; `total`: every row's sum, when known."""
+        bits = coder.code_length_bits(symbols, rows, total)
         alone = bits if alone is None else alone
         self.bits += float(bits.sum())
         self.alone_bits += float(alone.sum())
         if self.token_bits is not None:
             self.token_bits.append((self.index, start, bits, alone))
-        self.encoder.encode(symbols, rows if floats is None else floats.convert(rows))
+        self.encoder.encode(symbols, rows)
 
     def finish(self) -> tuple[bytes, float, float]:
         return self.encoder.finish(), self.bits, self.alone_bits
@@ -214,7 +214,8 @@ def encode_chunks(engine, token_lists: list[np.ndarray], online: OnlineModel | N
     if engine.batch_invariant:  # one full pass, coded piece by piece as its rows arrive
         floats = coder.FloatRows()
         for index, start, weights in engine.sequence_pieces(token_lists):
-            encoders[index].encode(start, token_lists[index][start : start + len(weights)], weights, floats=floats)
+            encoders[index].encode(start, token_lists[index][start : start + len(weights)], floats.convert(weights),
+                                   total=EXACT_ROW_TOTAL)
     else:
         lengths = [len(tokens) for tokens in token_lists]
         for step, weights, active, _ in lockstep(engine, lengths, lambda chunk, step: token_lists[chunk][step]):
@@ -236,8 +237,9 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
     online.begin_unit(lengths)
     candidates = [np.full(length, -1, dtype=np.int64) for length in lengths]
     match_lengths = [np.zeros(length, dtype=np.int64) for length in lengths]
-    for step, _, active, predictions in lockstep(None, lengths, lambda chunk, step: token_lists[chunk][step], online):
-        for chunk, (candidate, length) in zip(active, predictions):
+    walk = lockstep(None, lengths, lambda chunk, step: token_lists[chunk][step], online)
+    for step, _, active, (step_candidates, step_lengths) in walk:
+        for chunk, candidate, length in zip(active, step_candidates.tolist(), step_lengths.tolist()):
             candidates[chunk][step], match_lengths[chunk][step] = candidate, length
     code_alone = alone_payloads is not None
     encoders = [_ChunkEncoder(first + index, token_bits, code_alone) for index in range(len(token_lists))]
@@ -250,13 +252,13 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
         online.begin_step(start)
         positions = slice(start, start + len(weights))
         symbols = token_lists[index][positions]
-        alone = coder.code_length_bits(symbols, weights)
+        rows = floats.convert(weights)  # mixed in place: the engine's rows are not needed again
+        alone = coder.code_length_bits(symbols, rows, EXACT_ROW_TOTAL)
         if code_alone:  # before the rows are mixed
-            encoders[index].alone_encoder.encode(symbols, floats.convert(weights))
-        # In place: the engine's rows are not needed again.
-        _mix_online(online, [index] * len(weights), weights, candidates[index][positions],
-                    match_lengths[index][positions], lambda offset, row: symbols[offset])
-        encoders[index].encode(start, symbols, weights, alone, floats)
+            encoders[index].alone_encoder.encode(symbols, rows)
+        _mix_encoder_rows(online, index, rows, candidates[index][positions], match_lengths[index][positions],
+                          symbols)
+        encoders[index].encode(start, symbols, rows, alone, EXACT_ROW_TOTAL)
     online.end_unit()
     if alone_payloads is not None:
         alone_payloads += [encoder.alone_encoder.finish() for encoder in encoders]
@@ -298,10 +300,9 @@ def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> lis
             decoded[chunk][step] = token = _decode_one(decoders[chunk], row)
             return token
 
-        candidates = np.array([candidate for candidate, _ in predictions], dtype=np.int64)
-        match_lengths = np.array([length for _, length in predictions], dtype=np.int64)
+        candidates, match_lengths = predictions
         online.begin_step(step)
-        _mix_online(online, active, weights[active], candidates, match_lengths, decode)
+        _mix_decoder_rows(online, active, coder.float_rows(weights[active]), candidates, match_lengths, decode)
     online.end_unit()
     return decoded
 

@@ -1543,7 +1543,7 @@ typedef struct {
     int64_t *logits;
     const int64_t *table;
     Py_ssize_t begin, end, V, table_length;
-    int total_bits;
+    int total_bits, doubles;
 } OutputRowsTask;
 
 static void *output_rows_worker(void *argument) {
@@ -1569,6 +1569,11 @@ static void *output_rows_worker(void *argument) {
             sum += row[v];
         }
         row[first] += ((int64_t)1 << task->total_bits) - sum;
+        if (task->doubles) /* the same integers as the float64 the coder takes, in place (exact below 2**53) */
+            for (Py_ssize_t v = 0; v < V; v++) {
+                const double value = (double)row[v];
+                memcpy(row + v, &value, sizeof value);
+            }
     }
     return NULL;
 }
@@ -1576,9 +1581,9 @@ static void *output_rows_worker(void *argument) {
 static PyObject *output_rows(PyObject *self, PyObject *args) {
     PyObject *logits_object, *table_object;
     Py_ssize_t N, V, table_length;
-    int total_bits, threads;
-    if (!PyArg_ParseTuple(args, "OOnnnii", &logits_object, &table_object, &N, &V, &table_length, &total_bits,
-                          &threads))
+    int total_bits, threads, doubles;
+    if (!PyArg_ParseTuple(args, "OOnnniii", &logits_object, &table_object, &N, &V, &table_length, &total_bits,
+                          &threads, &doubles))
         return NULL;
     if (table_length <= 0 || total_bits < 1 || total_bits > 40) {
         PyErr_SetString(PyExc_ValueError, "bad table or total");
@@ -1597,7 +1602,8 @@ static PyObject *output_rows(PyObject *self, PyObject *args) {
     if (threads > N) threads = N > 0 ? (int)N : 1;
     OutputRowsTask tasks[MAX_THREADS];
     for (int i = 0; i < threads; i++)
-        tasks[i] = (OutputRowsTask){logits, table, N * i / threads, N * (i + 1) / threads, V, table_length, total_bits};
+        tasks[i] = (OutputRowsTask){logits,     table,        N * i / threads, N * (i + 1) / threads,
+                                    V,          table_length, total_bits,      doubles};
     Py_BEGIN_ALLOW_THREADS
     run_parallel(output_rows_worker, tasks, sizeof(OutputRowsTask), threads);
     Py_END_ALLOW_THREADS
@@ -1835,7 +1841,8 @@ static PyMethodDef methods[] = {
     {"swiglu", swiglu, METH_VARARGS,
      "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent)"},
     {"output_rows", output_rows, METH_VARARGS,
-     "output_rows(logits, table, N, V, table_length, total_bits, threads): integer logits to coder weights, in place"},
+     "output_rows(logits, table, N, V, table_length, total_bits, threads, doubles): integer logits to coder weights, "
+     "in place, as int64 or (doubles) as the same integers in float64"},
     {"block", block, METH_VARARGS,
      "block(layer, x, B, T, start, cos, sin, table_rows, keys, key_exponent, values, value_exponent, position, "
      "capacity, threads, plain, int8_inputs): one transformer block on x (B * T rows) in place, keys and values cached"},

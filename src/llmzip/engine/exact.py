@@ -93,8 +93,22 @@ class ExactEngine:
                     continue
                 for start in range(0, len(x), positions):
                     yield index, start, self._piece_rows(x[start : start + positions]).cpu().numpy()
-        for index, start in step_major_starts({index: len(x) for index, x in hidden.items()}, positions):
-            yield index, start, self._piece_rows(hidden[index][start : start + positions]).cpu().numpy()
+        # Pieces shorter than HEAD_ROWS_PER_PASS (a fold's few steps) share one product: a product
+        # per piece costs more, and longer products than that no less.
+        limit = max(positions, HEAD_ROWS_PER_PASS)
+        batch: list[tuple[int, int, torch.Tensor]] = []
+        starts = step_major_starts({index: len(x) for index, x in hidden.items()}, positions)
+        for index, start in [*starts, (None, None)]:
+            x = None if index is None else hidden[index][start : start + positions]
+            if batch and (x is None or sum(len(part) for _, _, part in batch) + len(x) > limit):
+                rows = self._piece_rows(torch.cat([part for _, _, part in batch])).cpu().numpy()
+                offset = 0
+                for piece_index, piece_start, part in batch:
+                    yield piece_index, piece_start, rows[offset : offset + len(part)]
+                    offset += len(part)
+                batch = []
+            if x is not None:
+                batch.append((index, start, x))
 
     @staticmethod
     def _length_groups(token_lists):

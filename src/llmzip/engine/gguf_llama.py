@@ -865,9 +865,10 @@ class ExactGGUFLlamaEngine(ExactEngine):
             return integer_rows(self.products.linear(self.head, h, exponent), self.tables.output)
         logits = self.products.linear(self.head, h, exponent, out=out)
         table = self.tables.output_array
+        # float64 rows of the same integers, as the coder takes them: no conversion pass of its own
         _quantized.output_rows(logits.numpy(), table, logits.shape[0], logits.shape[1], len(table), ROW_TOTAL_BITS,
-                               1 if len(logits) < 64 else self.products.threads)
-        return logits
+                               1 if len(logits) < 64 else self.products.threads, 1)
+        return logits.view(torch.float64)
 
     def _piece_rows(self, x: torch.Tensor) -> torch.Tensor:
         """A full pass's rows into one buffer kept from piece to piece: a fresh 100 MB of rows per
