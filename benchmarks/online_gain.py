@@ -34,33 +34,45 @@ MODES = [("alone", True, False), ("online", True, True), ("model-only", False, F
          ("model-only+online", False, True)]
 
 
-def run_mode(level: int, xz_fallback: bool, online: bool, data: bytes, compressors: dict, repeat: int = 1) -> dict:
-    """One mode's round trips (every one decoded and compared), in this process with the model
-    loaded once: the times are the coding alone, the fastest of `repeat` runs."""
+def round_trip(level: int, xz_fallback: bool, online: bool, data: bytes, compressors: dict) -> dict:
+    """One mode's round trip, decoded and compared, in this process with the model loaded once:
+    the times are the coding alone."""
     key = (level, xz_fallback, online)
     if key not in compressors:
         compressors[key] = llmzip.Compressor(level=level, xz_fallback=xz_fallback, online=online)
     compressor = compressors[key]
-    decompressor = llmzip.Decompressor()
-    compress_runs, decompress_runs, sizes = [], [], set()
+    output = io.BytesIO()
+    started = time.perf_counter()
+    summary = compressor.copy_stream(io.BytesIO(data), output, content_size=len(data))
+    compress_seconds = time.perf_counter() - started
+    packed = output.getvalue()
+    started = time.perf_counter()
+    restored = llmzip.Decompressor().decompress(packed)
+    decompress_seconds = time.perf_counter() - started
+    if restored != data:
+        raise SystemExit("decoded output differs from the input: this is a bug")
+    return {"bytes": len(packed), "digest": hashlib.sha256(packed).hexdigest(), "compress_runs": [compress_seconds],
+            "decompress_runs": [decompress_seconds], "model_bits": summary.model_bits,
+            "model_alone_bits": summary.model_alone_bits, "tokens": summary.tokens, "chunks": dict(summary.chunks)}
+
+
+def run_modes(level: int, modes: list[tuple], data: bytes, compressors: dict, repeat: int) -> dict[str, dict]:
+    """Each mode's round trips, the modes taking turns so that a busy spell of a shared machine
+    falls on all of them; its times are the fastest of `repeat` runs."""
+    rows: dict[str, dict] = {}
     for _ in range(repeat):
-        output = io.BytesIO()
-        started = time.perf_counter()
-        summary = compressor.copy_stream(io.BytesIO(data), output, content_size=len(data))
-        compress_runs.append(time.perf_counter() - started)
-        packed = output.getvalue()
-        sizes.add(packed)
-        started = time.perf_counter()
-        restored = decompressor.decompress(packed)
-        decompress_runs.append(time.perf_counter() - started)
-        if restored != data:
-            raise SystemExit("decoded output differs from the input: this is a bug")
-    if len(sizes) != 1:
-        raise SystemExit("two runs wrote different files: this is a bug")
-    return {"bytes": len(packed), "compress_seconds": min(compress_runs), "decompress_seconds": min(decompress_runs),
-            "compress_runs": compress_runs, "decompress_runs": decompress_runs,
-            "model_bits": summary.model_bits, "model_alone_bits": summary.model_alone_bits, "tokens": summary.tokens,
-            "chunks": dict(summary.chunks)}
+        for label, xz_fallback, online in modes:
+            row = round_trip(level, xz_fallback, online, data, compressors)
+            if label in rows:
+                if row["digest"] != rows[label]["digest"]:
+                    raise SystemExit("two runs wrote different files: this is a bug")
+                rows[label]["compress_runs"] += row["compress_runs"]
+                rows[label]["decompress_runs"] += row["decompress_runs"]
+            else:
+                rows[label] = row
+    for row in rows.values():
+        row["compress_seconds"], row["decompress_seconds"] = min(row["compress_runs"]), min(row["decompress_runs"])
+    return rows
 
 
 def best_classical(data: bytes) -> tuple[str, int]:
@@ -81,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="alone,online,model-only,model-only+online")
     parser.add_argument("--results", default=str(RESULTS / "online_gain.jsonl"))
     parser.add_argument("-T", "--threads", type=int, help="torch threads (one is steadier on a shared machine)")
-    parser.add_argument("--repeat", type=int, default=1, help="round trips per mode; times are the fastest")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="round trips per mode, the modes taking turns; times are the fastest")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.files:
             data = read_input(Path(name), args.max_bytes)
             digest = hashlib.sha256(data).hexdigest()[:16]
-            for label, xz_fallback, online in modes:
+            missing = [mode for mode in modes if f"{digest}:{level}:{mode[0]}" not in done]
+            measured = run_modes(level, missing, data, compressors, args.repeat) if missing else {}
+            classical = best_classical(data) if missing else None
+            for label, measurement in measured.items():
                 key = f"{digest}:{level}:{label}"
-                if key in done:
-                    continue
                 row = {"key": key, "file": _short(name), "raw_bytes": len(data), "level": level, "mode": label,
                        "sample": args.max_bytes, "machine": cpu_description(torch.get_num_threads()),
-                       **run_mode(level, xz_fallback, online, data, compressors, args.repeat)}
-                row["best_classical"] = best_classical(data)
+                       **measurement, "best_classical": classical}
                 with results.open("a") as stream:
                     stream.write(json.dumps(row) + "\n")
                 done[key] = row
