@@ -509,18 +509,22 @@ def test_a_chunk_sees_other_chunks_secondary_estimates_from_the_next_fold():
 
 @pytest.mark.skipif(online._online is None, reason="built without the compiled online model")
 @pytest.mark.parametrize("with_symbols", [True, False])
-def test_compiled_mixing_gives_the_python_rules_integers(monkeypatch, with_symbols):
-    """OnlineModel.mix and learn_rows, compiled and in Python: the same rows and the same counts."""
+@pytest.mark.parametrize("plain", [False, True])
+def test_compiled_mixing_gives_the_python_rules_integers(monkeypatch, with_symbols, plain):
+    """OnlineModel.mix and learn_rows, compiled (AVX2 where it runs, and plain C) and in Python: the
+    same rows and the same counts. 203 entries a row: candidates in the vector part and the tail."""
     generator = np.random.default_rng(7)
-    rows = _random_rows(generator, 300, 200).astype(np.float64)
+    rows = _random_rows(generator, 300, 203).astype(np.float64)
     rows[:40] = 0
     rows[:40, 3] = TOTAL - 2  # the model almost sure: near the ends of the log-odds
     rows[:40, 4] = 2
     chunks = generator.integers(0, 3, size=300)
-    candidates = generator.integers(-1, 200, size=300)
+    candidates = generator.integers(-1, 203, size=300)
     candidates[:20] = 3
+    candidates[20:40] = 4  # the candidate almost impossible: the largest factors
+    candidates[40:60] = 202  # in the tail past the last four entries
     lengths = generator.integers(0, 60, size=300)
-    symbols = np.where(generator.random(300) < 0.5, candidates, generator.integers(0, 200, size=300))
+    symbols = np.where(generator.random(300) < 0.5, candidates, generator.integers(0, 203, size=300))
     results = []
     for compiled in (online._online, None):
         monkeypatch.setattr(online, "_online", compiled)
@@ -530,9 +534,9 @@ def test_compiled_mixing_gives_the_python_rules_integers(monkeypatch, with_symbo
         model.trials[:] = model.hits + (1 << 18) if not results else results[0][4]
         mixed = rows.copy()
         if with_symbols:
-            learnt = model.mix(mixed, chunks, candidates, lengths, symbols)
+            learnt = model.mix(mixed, chunks, candidates, lengths, symbols, plain=plain)
         else:
-            learnt = model.mix(mixed, chunks, candidates, lengths)
+            learnt = model.mix(mixed, chunks, candidates, lengths, plain=plain)
             model.learn_rows(chunks, *learnt, candidates, symbols)
         results.append((mixed, learnt, model.own_hits.copy(), model.hits.copy(), model.trials.copy(),
                         model.own_trials.copy()))

@@ -102,11 +102,9 @@ static int64_t target(const Estimate *estimate, Py_ssize_t chunk, int64_t length
 }
 
 /* online.mix_row on a float64 row of exact integers: every entry but the candidate times one factor
- * (entries below rest, the factor below 2**60 / rest: products below 2**60), the candidate the rest. */
-static void mix_row(double *row, Py_ssize_t V, int64_t candidate, int64_t probability) {
-    const int64_t total = (int64_t)1 << ROW_TOTAL_BITS;
-    const int64_t rest = total - (int64_t)row[candidate];
-    const int64_t factor = ((total - (probability << (ROW_TOTAL_BITS - PROBABILITY_BITS))) << ROW_TOTAL_BITS) / rest;
+ * (entries below rest, the factor below 2**60 / rest: products below 2**60), the candidate the rest.
+ * The plain-C definition; mix_row_avx2 gives the same integers. */
+static void mix_row_plain(double *row, Py_ssize_t V, int64_t candidate, int64_t factor) {
     int64_t sum = 0;
     for (Py_ssize_t v = 0; v < V; v++) {
         if (v == candidate) continue;
@@ -114,7 +112,61 @@ static void mix_row(double *row, Py_ssize_t V, int64_t candidate, int64_t probab
         row[v] = (double)value;
         sum += value;
     }
-    row[candidate] = (double)(total - sum);
+    row[candidate] = (double)(((int64_t)1 << ROW_TOTAL_BITS) - sum);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86 1
+
+/* Four entries at a time. Doubles below 2**52 become int64 through the bits of x + 2**52 and back
+ * the same way; the 64-bit product is two 32 x 32-bit ones (entries below 2**31, the factor's high
+ * half below 2**28). The candidate's lane is computed too and its value taken back out of the sum,
+ * in the same wrapping uint64 arithmetic, before it gets the rest. */
+__attribute__((target("avx2"))) static void mix_row_avx2(double *row, Py_ssize_t V, int64_t candidate,
+                                                         int64_t factor) {
+    const __m256d magic = _mm256_set1_pd(4503599627370496.0); /* 2**52 */
+    const __m256i magic_bits = _mm256_castpd_si256(magic);
+    const uint64_t factor_low = (uint64_t)factor & 0xFFFFFFFF, factor_high = (uint64_t)factor >> 32;
+    const __m256i low = _mm256_set1_epi64x((int64_t)factor_low), high = _mm256_set1_epi64x((int64_t)factor_high);
+    const uint64_t chosen = (uint64_t)row[candidate];
+    __m256i sums = _mm256_setzero_si256();
+    Py_ssize_t v = 0;
+    for (; v + 4 <= V; v += 4) {
+        const __m256i x = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(_mm256_loadu_pd(row + v), magic)), magic_bits);
+        const __m256i product = _mm256_add_epi64(_mm256_mul_epu32(x, low), _mm256_slli_epi64(_mm256_mul_epu32(x, high), 32));
+        const __m256i value = _mm256_srli_epi64(product, ROW_TOTAL_BITS);
+        sums = _mm256_add_epi64(sums, value);
+        _mm256_storeu_pd(row + v, _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(value, magic_bits)), magic));
+    }
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, sums);
+    uint64_t sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    if (candidate < v) /* its lane's value, wrapped as the vector wrapped it */
+        sum -= (chosen * factor_low + ((chosen * factor_high) << 32)) >> ROW_TOTAL_BITS;
+    for (; v < V; v++) {
+        if (v == candidate) continue;
+        const int64_t value = ((int64_t)row[v] * factor) >> ROW_TOTAL_BITS;
+        row[v] = (double)value;
+        sum += (uint64_t)value;
+    }
+    row[candidate] = (double)(((int64_t)1 << ROW_TOTAL_BITS) - (int64_t)sum);
+}
+#else
+#define HAVE_X86 0
+#endif
+
+static void mix_row(double *row, Py_ssize_t V, int64_t candidate, int64_t probability, int plain) {
+    const int64_t total = (int64_t)1 << ROW_TOTAL_BITS;
+    const int64_t rest = total - (int64_t)row[candidate];
+    const int64_t factor = ((total - (probability << (ROW_TOTAL_BITS - PROBABILITY_BITS))) << ROW_TOTAL_BITS) / rest;
+#if HAVE_X86
+    if (!plain && __builtin_cpu_supports("avx2")) {
+        mix_row_avx2(row, V, candidate, factor);
+        return;
+    }
+#endif
+    mix_row_plain(row, V, candidate, factor);
 }
 
 static void learn(const Estimate *estimate, Py_ssize_t chunk, int64_t cell, int64_t fraction, int hit) {
@@ -140,16 +192,17 @@ static int take_estimate(Buffers *buffers, Estimate *estimate, PyObject *hits, P
 }
 
 /* mix(rows, N, V, chunks, candidates, lengths, symbols, hits, trials, own_hits, own_trials, log2_mantissa,
- * priors, probabilities, cells, fractions): each row in order mixed in place; with symbols (not None),
+ * priors, probabilities, cells, fractions, plain): each row in order mixed in place; with symbols (not None),
  * what row i codes is learnt before row i + 1 is mixed (the encoder's rows of one chunk), else the
  * probabilities, cells and fractions are written for `learn` (the decoder's rows of distinct chunks). */
 static PyObject *mix(PyObject *self, PyObject *args) {
     PyObject *rows_object, *chunks_object, *candidates_object, *lengths_object, *symbols_object, *hits, *trials,
         *own_hits, *own_trials, *log2_mantissa, *priors, *probabilities_object, *cells_object, *fractions_object;
     Py_ssize_t N, V, units;
-    if (!PyArg_ParseTuple(args, "OnnOOOOOOOOOOOOO", &rows_object, &N, &V, &chunks_object, &candidates_object,
+    int plain;
+    if (!PyArg_ParseTuple(args, "OnnOOOOOOOOOOOOOp", &rows_object, &N, &V, &chunks_object, &candidates_object,
                           &lengths_object, &symbols_object, &hits, &trials, &own_hits, &own_trials, &log2_mantissa,
-                          &priors, &probabilities_object, &cells_object, &fractions_object))
+                          &priors, &probabilities_object, &cells_object, &fractions_object, &plain))
         return NULL;
     Buffers buffers = {.count = 0};
     Estimate estimate;
@@ -182,7 +235,7 @@ static PyObject *mix(PyObject *self, PyObject *args) {
         if (candidate < 0) continue;
         probabilities[i] = target(&estimate, chunks[i], lengths[i], (int64_t)row[candidate], &cells[i], &fractions[i]);
         if (!probabilities[i]) continue;
-        mix_row(row, V, candidate, probabilities[i]);
+        mix_row(row, V, candidate, probabilities[i], plain);
         if (symbols) learn(&estimate, chunks[i], cells[i], fractions[i], symbols[i] == candidate);
     }
     Py_END_ALLOW_THREADS
@@ -427,7 +480,8 @@ static PyObject *observe(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"mix", mix, METH_VARARGS,
      "mix(rows, N, V, chunks, candidates, lengths, symbols, hits, trials, own_hits, own_trials, log2_mantissa, "
-     "priors, probabilities, cells, fractions): the online model's rows, mixed in place"},
+     "priors, probabilities, cells, fractions, plain): the online model's rows, mixed in place (plain: without "
+     "AVX2)"},
     {"predict", predict, METH_VARARGS,
      "predict(tokens, size, tables, orders, bases, pointer, length, chunks, step, candidates, lengths)"},
     {"observe", observe, METH_VARARGS,

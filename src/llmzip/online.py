@@ -378,12 +378,13 @@ class OnlineModel:
     # -- rows: the secondary estimate mixed in, compiled where built --
 
     def mix(self, rows: np.ndarray, chunks: np.ndarray, candidates: np.ndarray, lengths: np.ndarray,
-            symbols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            symbols: np.ndarray | None = None, plain: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows (N, V) of float64 exact integers mixed in place, row i being of chunk `chunks[i]`
         with that candidate and match length. With `symbols` (the encoder's rows of one chunk, in
         order), what row i codes is learnt before row i + 1 is mixed; without (the decoder's rows of
         distinct chunks), the returned (probabilities, cells, fractions) go to `learn_rows` once the
-        symbols are decoded. The same integers either way, compiled or not."""
+        symbols are decoded. The same integers either way, compiled or not (`plain`: the compiled
+        plain-C path even where AVX2 runs, for tests)."""
         N, V = rows.shape
         chunks, candidates, lengths = (np.ascontiguousarray(a, dtype=np.int64) for a in (chunks, candidates, lengths))
         if symbols is not None:
@@ -391,7 +392,7 @@ class OnlineModel:
         probabilities, cells, fractions = (np.zeros(N, dtype=np.int64) for _ in range(3))
         if _online is not None and rows.dtype == np.float64 and rows.flags.c_contiguous:
             _online.mix(rows, N, V, chunks, candidates, lengths, symbols, self.hits, self.trials, self.own_hits,
-                        self.own_trials, _LOG2_ARRAY, _PRIORS_ARRAY, probabilities, cells, fractions)
+                        self.own_trials, _LOG2_ARRAY, _PRIORS_ARRAY, probabilities, cells, fractions, plain)
             return probabilities, cells, fractions
         for i in range(N):
             candidate = int(candidates[i])
