@@ -292,6 +292,7 @@ def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> lis
     lengths = [record.token_count for record in records]
     decoded = [np.empty(length, dtype=np.int64) for length in lengths]
     online.begin_unit(lengths)
+    floats = coder.FloatRows()  # one buffer for every step's rows: a fresh one each step costs page faults
     for step, weights, active, predictions in lockstep(engine, lengths, lambda chunk, step: decoded[chunk][step],
                                                        online):
 
@@ -302,7 +303,8 @@ def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> lis
 
         candidates, match_lengths = predictions
         online.begin_step(step)
-        _mix_decoder_rows(online, active, coder.float_rows(weights[active]), candidates, match_lengths, decode)
+        rows = weights if len(active) == len(weights) else weights[active]  # mixed in place: not needed again
+        _mix_decoder_rows(online, active, floats.convert(rows), candidates, match_lengths, decode)
     online.end_unit()
     return decoded
 
