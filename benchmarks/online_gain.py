@@ -169,8 +169,9 @@ def markdown(rows: list[dict]) -> str:
                      f"{cell(bits('model-only+online'))} | {gain(bits('model-only'), bits('model-only+online'))} | "
                      f"{classical_name} {classical:.4f} | {ratio} | {times} |")
     lines += ["", "## What the online model costs in time", "",
-              "Both model-code every text chunk (the xz fallback off), so the rows are the same model's: "
-              "fastest coding seconds of the runs, model loading excluded.", "",
+              "Both model-code every text chunk (the xz fallback off), so the rows are the same model's; the "
+              "fastest of the runs, the modes taking turns. Compressing excludes loading the model (one "
+              "compressor per mode); each decompression starts a fresh decompressor, loading included.", "",
               "| file | bytes | level | runs | compress: model-only → +online | cost | "
               "decompress: model-only → +online | cost | machine |", "|---|---:|---:|---:|---|---:|---|---:|---|"]
     for (name, raw, level), modes in sorted(table.items()):

@@ -1433,11 +1433,12 @@ static PyObject *attention(PyObject *self, PyObject *args) {
  * `begin` of rows of `columns`), the pair (2i, 2i + 1) turns by the angle of frequency i at the row's
  * position: round((a cos - b sin) / 2**bits), round((b cos + a sin) / 2**bits). Row n of the T rows
  * of a sequence is at position start + n % T. */
-static void rotate_rows(int64_t *x, const int64_t *cos, const int64_t *sin, Py_ssize_t N, Py_ssize_t columns,
-                        Py_ssize_t begin, Py_ssize_t heads, Py_ssize_t width, Py_ssize_t T, Py_ssize_t start, int bits) {
+static void rotate_range(int64_t *x, const int64_t *cos, const int64_t *sin, Py_ssize_t first, Py_ssize_t last,
+                         Py_ssize_t columns, Py_ssize_t begin, Py_ssize_t heads, Py_ssize_t width, Py_ssize_t T,
+                         Py_ssize_t start, int bits) {
     const Py_ssize_t half = width / 2;
     const int64_t rounding = (int64_t)1 << (bits - 1);
-    for (Py_ssize_t n = 0; n < N; n++) {
+    for (Py_ssize_t n = first; n < last; n++) {
         const int64_t *c = cos + (start + n % T) * half, *s = sin + (start + n % T) * half;
         for (Py_ssize_t h = 0; h < heads; h++) {
             int64_t *pair = x + n * columns + begin + h * width;
@@ -1448,6 +1449,11 @@ static void rotate_rows(int64_t *x, const int64_t *cos, const int64_t *sin, Py_s
             }
         }
     }
+}
+
+static void rotate_rows(int64_t *x, const int64_t *cos, const int64_t *sin, Py_ssize_t N, Py_ssize_t columns,
+                        Py_ssize_t begin, Py_ssize_t heads, Py_ssize_t width, Py_ssize_t T, Py_ssize_t start, int bits) {
+    rotate_range(x, cos, sin, 0, N, columns, begin, heads, width, T, start, bits);
 }
 
 static PyObject *rotate(PyObject *self, PyObject *args) {
@@ -1652,13 +1658,90 @@ static const Norm *take_norm(Buffers *buffers, PyObject *tuple, Norm *norm, Py_s
     return norm;
 }
 
+/* Row-wise steps of a block (norms, rotary positions, the cache's int16 rows, SwiGLU, requantising)
+ * split between threads by rows: every row's integers depend on that row alone. */
+typedef struct {
+    const int64_t *x;
+    int64_t *rotated; /* rotary positions: x in place */
+    const Norm *norm;
+    const Swiglu *swiglu;
+    const int64_t *cos, *sin;
+    int16_t *out, *keys, *values;
+    int32_t *exponent, *key_exponent, *value_exponent;
+    int64_t *q;
+    Py_ssize_t C, B, T, start, columns, heads, width, Hq, Hkv, capacity, position, group;
+    int bits, base_exponent;
+} RowsContext;
+
+typedef void (*RowsFunction)(const RowsContext *context, Py_ssize_t begin, Py_ssize_t end, int64_t *row);
+
+typedef struct {
+    RowsFunction run;
+    const RowsContext *context;
+    Py_ssize_t begin, end;
+    int64_t *row; /* this part's scratch row */
+} RowsTask;
+
+static void *rows_worker(void *argument) {
+    const RowsTask *task = argument;
+    task->run(task->context, task->begin, task->end, task->row);
+    return NULL;
+}
+
+/* run over rows [0, N), in parts of at least ROWS_PER_PART rows, part i with the scratch row at
+ * rows + i * width. */
+#define ROWS_PER_PART 16
+static void parallel_rows(RowsFunction run, const RowsContext *context, Py_ssize_t N, int threads, int64_t *rows,
+                          Py_ssize_t width) {
+    Py_ssize_t parts = N / ROWS_PER_PART < threads ? N / ROWS_PER_PART : threads;
+    if (parts < 1) parts = 1;
+    RowsTask tasks[MAX_THREADS];
+    for (Py_ssize_t i = 0; i < parts; i++)
+        tasks[i] = (RowsTask){run, context, N * i / parts, N * (i + 1) / parts, rows + i * width};
+    if (parts == 1)
+        rows_worker(tasks);
+    else
+        run_parallel(rows_worker, tasks, sizeof(RowsTask), (int)parts);
+}
+
+static void norm_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
+    norm_rows(c->x + begin * c->C, c->norm, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row);
+}
+
+static void swiglu_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
+    swiglu_rows(c->x + begin * 2 * c->C, c->swiglu, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row);
+}
+
+static void quantise_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
+    quantise(c->x + begin * c->C, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, c->base_exponent);
+}
+
+/* rotary positions on the q and k heads, then keys and values into the cache and the queries as
+ * (B, Hkv, group * T, D): a key-value head's query heads become more query rows */
+static void attention_inputs_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
+    rotate_range(c->rotated, c->cos, c->sin, begin, end, c->columns, 0, c->heads, c->width, c->T, c->start, c->bits);
+    const Py_ssize_t D = c->width;
+    for (Py_ssize_t n = begin; n < end; n++) {
+        const Py_ssize_t b = n / c->T, t = n % c->T;
+        const int64_t *qkv = c->rotated + n * c->columns;
+        for (Py_ssize_t kv = 0; kv < c->Hkv; kv++) {
+            Py_ssize_t at = (b * c->Hkv + kv) * c->capacity + c->position + t;
+            c->key_exponent[at] = to_int16(qkv + (c->Hq + kv) * D, D, c->keys + at * D);
+            c->value_exponent[at] = to_int16(qkv + (c->Hq + c->Hkv + kv) * D, D, c->values + at * D);
+            for (Py_ssize_t g = 0; g < c->group; g++)
+                memcpy(c->q + (((b * c->Hkv + kv) * c->group + g) * c->T + t) * D, qkv + (kv * c->group + g) * D,
+                       sizeof(int64_t) * D);
+        }
+    }
+}
+
 /* The working buffers of a block call, carved from one arena that is kept between calls (fresh
  * memory every call cost page faults and page clearing: several percent of a full pass). One
  * block call at a time uses it. */
 typedef struct {
     int16_t *h, *y16, *p16;
     int32_t *h_exponent, *y_exponent, *p_exponent;
-    int64_t *qkv, *q, *attended, *y, *gate_up, *row;
+    int64_t *qkv, *q, *attended, *y, *gate_up, *row; /* row: a scratch row (of the wider of C and hidden) a thread */
 } Scratch;
 
 static void *carve(char **at, size_t bytes) { /* 64-byte aligned pieces */
@@ -1669,13 +1752,13 @@ static void *carve(char **at, size_t bytes) { /* 64-byte aligned pieces */
 
 /* Call with arena.lock held; 0 when out of memory. */
 static int take_scratch(Scratch *scratch, Py_ssize_t N, Py_ssize_t C, Py_ssize_t hidden, Py_ssize_t Rqkv,
-                        Py_ssize_t heads_width) {
+                        Py_ssize_t heads_width, int threads) {
     const Py_ssize_t wide = C > hidden ? C : hidden;
     const size_t sizes[] = {sizeof(int16_t) * N * wide, sizeof(int16_t) * N * heads_width, sizeof(int16_t) * N * hidden,
                             sizeof(int32_t) * N, sizeof(int32_t) * N, sizeof(int32_t) * N,
                             sizeof(int64_t) * N * Rqkv, sizeof(int64_t) * N * heads_width,
                             sizeof(int64_t) * N * heads_width, sizeof(int64_t) * N * heads_width,
-                            sizeof(int64_t) * N * 2 * hidden, sizeof(int64_t) * wide};
+                            sizeof(int64_t) * N * 2 * hidden, sizeof(int64_t) * wide * threads};
     size_t total = 64;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) total += (sizes[i] + 63) & ~(size_t)63;
     if (total > arena.size) {
@@ -1762,31 +1845,26 @@ static PyObject *block(PyObject *self, PyObject *args) {
     }
     Scratch scratch;
     int failed;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    const Py_ssize_t wide = C > hidden ? C : hidden;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&arena.lock);
-    failed = !take_scratch(&scratch, N, C, hidden, Rqkv, Hq * D);
+    failed = !take_scratch(&scratch, N, C, hidden, Rqkv, Hq * D, threads);
     if (!failed) {
         /* attention: norm, q k v, rotary positions (q and k heads are adjacent columns) */
-        norm_rows(x, &first_norm, scratch.h, scratch.h_exponent, N, C, scratch.row);
+        const RowsContext norm = {.x = x, .norm = &first_norm, .out = scratch.h, .exponent = scratch.h_exponent, .C = C};
+        parallel_rows(norm_part, &norm, N, threads, scratch.row, wide);
         qkv.x = scratch.h, qkv.x_exponent = scratch.h_exponent, qkv.out = scratch.qkv, qkv.T = N;
         failed = run_linear(qkv, threads);
     }
     if (!failed) {
-        rotate_rows(scratch.qkv, cos, sin, N, Rqkv, 0, Hq + Hkv, D, T, start, rope_bits);
-        /* keys and values into the cache; queries as (B, Hkv, group * T, D): a key-value head's
-         * query heads become more query rows */
-        for (Py_ssize_t b = 0; b < B; b++)
-            for (Py_ssize_t t = 0; t < T; t++) {
-                const int64_t *row = scratch.qkv + (b * T + t) * Rqkv;
-                for (Py_ssize_t kv = 0; kv < Hkv; kv++) {
-                    Py_ssize_t at = (b * Hkv + kv) * capacity + position + t;
-                    key_exponent[at] = to_int16(row + (Hq + kv) * D, D, keys + at * D);
-                    value_exponent[at] = to_int16(row + (Hq + Hkv + kv) * D, D, values + at * D);
-                    for (Py_ssize_t g = 0; g < group; g++)
-                        memcpy(scratch.q + (((b * Hkv + kv) * group + g) * T + t) * D, row + (kv * group + g) * D,
-                               sizeof(int64_t) * D);
-                }
-            }
+        const RowsContext inputs = {.rotated = scratch.qkv, .cos = cos, .sin = sin, .keys = keys, .values = values,
+                                    .key_exponent = key_exponent, .value_exponent = value_exponent, .q = scratch.q,
+                                    .B = B, .T = T, .start = start, .columns = Rqkv, .heads = Hq + Hkv, .width = D,
+                                    .Hq = Hq, .Hkv = Hkv, .capacity = capacity, .position = position, .group = group,
+                                    .bits = rope_bits};
+        parallel_rows(attention_inputs_part, &inputs, N, threads, scratch.row, wide);
         AttentionTask attention_task = {.q = scratch.q, .k = keys, .v = values, .k_exponent = key_exponent,
                                         .v_exponent = value_exponent, .out = scratch.attended,
                                         .multiplier = multiplier, .shift = shift, .table = attention_table,
@@ -1801,18 +1879,23 @@ static PyObject *block(PyObject *self, PyObject *args) {
                 for (Py_ssize_t t = 0; t < T; t++)
                     memcpy(scratch.y + ((b * T + t) * Hq + head) * D, scratch.attended + ((b * Hq + head) * T + t) * D,
                            sizeof(int64_t) * D);
-        quantise(scratch.y, scratch.y16, scratch.y_exponent, N, Hq * D, -v_exponent);
+        const RowsContext heads = {.x = scratch.y, .out = scratch.y16, .exponent = scratch.y_exponent, .C = Hq * D,
+                                   .base_exponent = -v_exponent};
+        parallel_rows(quantise_part, &heads, N, threads, scratch.row, wide);
         o.x = scratch.y16, o.x_exponent = scratch.y_exponent, o.out = x, o.T = N, o.accumulate = 1;
         failed = run_linear(o, threads);
     }
     if (!failed) { /* feed-forward: norm, gate and up, SwiGLU, down product joins x */
-        norm_rows(x, &second_norm, scratch.h, scratch.h_exponent, N, C, scratch.row);
+        const RowsContext norm = {.x = x, .norm = &second_norm, .out = scratch.h, .exponent = scratch.h_exponent, .C = C};
+        parallel_rows(norm_part, &norm, N, threads, scratch.row, wide);
         gate_up.x = scratch.h, gate_up.x_exponent = scratch.h_exponent, gate_up.out = scratch.gate_up, gate_up.T = N;
         failed = run_linear(gate_up, threads);
     }
     if (!failed) {
         Swiglu swiglu = {sigmoid, sigmoid_middle, sigmoid_index_shift, sigmoid_bits, swiglu_exponent};
-        swiglu_rows(scratch.gate_up, &swiglu, scratch.p16, scratch.p_exponent, N, hidden, scratch.row);
+        const RowsContext activation = {.x = scratch.gate_up, .swiglu = &swiglu, .out = scratch.p16,
+                                        .exponent = scratch.p_exponent, .C = hidden};
+        parallel_rows(swiglu_part, &activation, N, threads, scratch.row, wide);
         down.x = scratch.p16, down.x_exponent = scratch.p_exponent, down.out = x, down.T = N, down.accumulate = 1;
         failed = run_linear(down, threads);
     }
