@@ -49,7 +49,9 @@ class Engine(Protocol):
     def sequence_weights(self, token_lists: list[np.ndarray]) -> list[np.ndarray] | None:
         """Weights for every position of each sequence in one full pass, (T_i, V) each.
 
-        Row t predicts token t from the start token and tokens[:t]. Only batch-invariant
+        Row t predicts token t from the start token and tokens[:t]. An exact engine's rows are
+        integers summing to 2**30, as int64 or as float64 (the compiled GGUF engine writes the
+        form the coder takes); the values are what matter, never the dtype. Only batch-invariant
         engines provide this; others return None and are driven through `start` instead.
         Batch-invariant engines also yield the same rows in pieces, `sequence_pieces(token_lists,
         positions, step_major)` -> (sequence, start, rows), so an encoder never holds a whole
