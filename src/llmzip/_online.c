@@ -6,6 +6,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_buffers.h"
 #include <stdint.h>
 
 /* online.py's constants, which fix the rule (docs/FORMAT.md, "The online model") */
@@ -23,35 +24,6 @@
 #define TOKEN_BITS 20
 #define HASH_MULTIPLIER 0x9E3779B97F4A7C15ULL
 #define MAX_ORDERS 8
-
-/* ------------------------------------------------------------------------------------------ */
-/* Arguments                                                                                   */
-/* ------------------------------------------------------------------------------------------ */
-
-typedef struct {
-    Py_buffer views[16];
-    int count;
-} Buffers;
-
-static void release(Buffers *buffers) {
-    for (int i = 0; i < buffers->count; i++) PyBuffer_Release(&buffers->views[i]);
-    buffers->count = 0;
-}
-
-/* A C-contiguous buffer of `items` items of `itemsize` bytes (any count when items < 0). */
-static void *take(Buffers *buffers, PyObject *object, Py_ssize_t itemsize, Py_ssize_t items, int writable,
-                  const char *name) {
-    Py_buffer *view = &buffers->views[buffers->count];
-    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return NULL;
-    buffers->count++;
-    if (view->itemsize != itemsize || (items >= 0 && view->len != items * itemsize)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got %zd bytes of %zd-byte items", name,
-                     items, itemsize, view->len, view->itemsize);
-        return NULL;
-    }
-    return view->buf;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* The secondary estimate and the mixed row                                                    */

@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "_buffers.h"
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -541,35 +542,6 @@ static void *run_parallel(WorkFunction function, void *tasks, size_t task_size, 
     pthread_mutex_unlock(&pool.lock);
     pthread_mutex_unlock(&dispatch);
     return failed;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Argument handling                                                                           */
-/* ------------------------------------------------------------------------------------------ */
-
-typedef struct {
-    Py_buffer views[40];
-    int count;
-} Buffers;
-
-static void release(Buffers *buffers) {
-    for (int i = 0; i < buffers->count; i++) PyBuffer_Release(&buffers->views[i]);
-    buffers->count = 0;
-}
-
-/* A C-contiguous buffer of `itemsize`-byte items holding exactly `items` of them. */
-static void *take(Buffers *buffers, PyObject *object, Py_ssize_t itemsize, Py_ssize_t items, int writable,
-                  const char *name) {
-    Py_buffer *view = &buffers->views[buffers->count];
-    if (PyObject_GetBuffer(object, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return NULL;
-    buffers->count++;
-    if (view->itemsize != itemsize || view->len != items * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of %zd bytes, got %zd bytes of %zd-byte items", name,
-                     items, itemsize, view->len, view->itemsize);
-        return NULL;
-    }
-    return view->buf;
 }
 
 /* Int8 input blocks of tokens [begin, end) (run_parallel splits the tokens). */
