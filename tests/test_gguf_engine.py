@@ -106,6 +106,26 @@ def extreme_rows(rng, rows, inputs):
     return x
 
 
+def test_int16_rows_equal_reference_on_edge_rows():
+    """Requantising to int16 (AVX2 eight at a time, plain C) gives the reference's integers: peaks at
+    every bit length, ties of the rounding, the most negative values, rows of zeros, odd widths."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for bits in range(0, 62):
+        peak = 1 << bits
+        rows.append(rng.integers(-peak, peak + 1, 40))
+        rows.append(np.array([peak, -peak, peak - 1, -(peak - 1), peak // 2, -(peak // 2)] * 6 + [0] * 4))
+        rows.append((rng.integers(-64, 65, 40) << max(0, bits - 6)) + (1 << max(0, bits - 7)) * (bits > 7))
+    rows.append(np.zeros(40, dtype=np.int64))
+    x = torch.from_numpy(np.stack(rows).astype(np.int64))
+    for width in (40, 37, 8, 3):  # whole vectors, a tail, one vector, a tail alone
+        part = x[:, :width].contiguous()
+        expected = _Products(False, 1).int16_rows(part, 5)
+        for plain in (False, True):
+            out, exponent = _Products(True, 1, plain).int16_rows(part, 5)
+            assert torch.equal(out, expected[0]) and torch.equal(exponent, expected[1])
+
+
 @pytest.mark.parametrize("int8_inputs", [False, True])
 @pytest.mark.parametrize("kind", ["Q4_1", "Q8_0", "Q4_0"])
 def test_product_kernel_equals_reference_on_extreme_inputs(kind, int8_inputs):

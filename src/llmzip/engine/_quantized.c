@@ -681,8 +681,9 @@ static int64_t floor_divide(int64_t numerator, int64_t denominator) { /* denomin
 }
 
 /* A row of int64 as int16 with a power-of-two exponent: shifted right (rounding half up) until
- * its peak fits 15 bits. Returns the shift. */
-static int to_int16(const int64_t *values, Py_ssize_t count, int16_t *out) {
+ * its peak fits 15 bits. Returns the shift. The plain-C definition; to_int16_avx2 gives the same
+ * integers. */
+static int to_int16_plain(const int64_t *values, Py_ssize_t count, int16_t *out) {
     uint64_t peak = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t magnitude = values[i] < 0 ? (uint64_t)0 - (uint64_t)values[i] : (uint64_t)values[i];
@@ -697,15 +698,65 @@ static int to_int16(const int64_t *values, Py_ssize_t count, int16_t *out) {
     return shift;
 }
 
-static void quantise(const int64_t *x, int16_t *out, int32_t *exponent, Py_ssize_t T, Py_ssize_t C, int base_exponent) {
-    for (Py_ssize_t t = 0; t < T; t++) exponent[t] = base_exponent + to_int16(x + t * C, C, out + t * C);
+#if HAVE_X86
+/* Eight entries at a time. The peak's bit length is that of the OR of all magnitudes. After the
+ * shift every entry lies in [-2**15, 2**15], so its low 32 bits are the value, clamped in int32
+ * and packed. Right shifts are arithmetic ones built from logical shifts (AVX2 has no 64-bit one). */
+__attribute__((target("avx2"))) static int to_int16_avx2(const int64_t *values, Py_ssize_t count, int16_t *out) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i bits = zero;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+        __m256i value = _mm256_loadu_si256((const __m256i *)(values + i)), sign = _mm256_cmpgt_epi64(zero, value);
+        bits = _mm256_or_si256(bits, _mm256_sub_epi64(_mm256_xor_si256(value, sign), sign));
+    }
+    uint64_t lanes[4], peak;
+    _mm256_storeu_si256((__m256i *)lanes, bits);
+    peak = lanes[0] | lanes[1] | lanes[2] | lanes[3];
+    for (Py_ssize_t j = i; j < count; j++)
+        peak |= values[j] < 0 ? (uint64_t)0 - (uint64_t)values[j] : (uint64_t)values[j];
+    int shift = bit_length(peak) - 15;
+    if (shift < 0) shift = 0;
+    const __m256i half = _mm256_set1_epi64x(shift ? (int64_t)1 << (shift - 1) : 0);
+    const __m256i sign_bit = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - shift)));
+    const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m128i highest = _mm_set1_epi32(32767), lowest = _mm_set1_epi32(-32767);
+    for (i = 0; i + 8 <= count; i += 8) {
+        __m256i a = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(values + i)), half);
+        __m256i b = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(values + i + 4)), half);
+        a = _mm256_sub_epi64(_mm256_xor_si256(_mm256_srli_epi64(a, shift), sign_bit), sign_bit);
+        b = _mm256_sub_epi64(_mm256_xor_si256(_mm256_srli_epi64(b, shift), sign_bit), sign_bit);
+        __m128i a32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(a, low_halves));
+        __m128i b32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, low_halves));
+        a32 = _mm_min_epi32(_mm_max_epi32(a32, lowest), highest);
+        b32 = _mm_min_epi32(_mm_max_epi32(b32, lowest), highest);
+        _mm_storeu_si128((__m128i *)(out + i), _mm_packs_epi32(a32, b32));
+    }
+    for (; i < count; i++) {
+        int64_t value = round_shift(values[i], -shift);
+        out[i] = (int16_t)(value > 32767 ? 32767 : value < -32767 ? -32767 : value);
+    }
+    return shift;
+}
+#endif
+
+static int to_int16(const int64_t *values, Py_ssize_t count, int16_t *out, int plain) {
+#if HAVE_X86
+    if (!plain && avx2_available()) return to_int16_avx2(values, count, out);
+#endif
+    return to_int16_plain(values, count, out);
+}
+
+static void quantise(const int64_t *x, int16_t *out, int32_t *exponent, Py_ssize_t T, Py_ssize_t C, int base_exponent,
+                     int plain) {
+    for (Py_ssize_t t = 0; t < T; t++) exponent[t] = base_exponent + to_int16(x + t * C, C, out + t * C, plain);
 }
 
 static PyObject *quantise_rows(PyObject *self, PyObject *args) {
     PyObject *x_object, *out_object, *exponent_object;
     Py_ssize_t T, C;
-    int base_exponent;
-    if (!PyArg_ParseTuple(args, "OOOnni", &x_object, &out_object, &exponent_object, &T, &C, &base_exponent))
+    int base_exponent, plain;
+    if (!PyArg_ParseTuple(args, "OOOnnip", &x_object, &out_object, &exponent_object, &T, &C, &base_exponent, &plain))
         return NULL;
     Buffers buffers = {.count = 0};
     const int64_t *x;
@@ -717,7 +768,7 @@ static PyObject *quantise_rows(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    quantise(x, out, exponent, T, C, base_exponent);
+    quantise(x, out, exponent, T, C, base_exponent, plain);
     Py_END_ALLOW_THREADS
     release(&buffers);
     Py_RETURN_NONE;
@@ -735,7 +786,7 @@ typedef struct {
  * exactly, y = round(r * gain * numerator / (root * 2**fraction_bits)), then `to_int16`. `row`
  * holds C int64. */
 static void norm_rows(const int64_t *x, const Norm *norm, int16_t *out, int32_t *exponent, Py_ssize_t T,
-                      Py_ssize_t C, int64_t *row) {
+                      Py_ssize_t C, int64_t *row, int plain) {
     const int64_t *gain = norm->gain, eps_fixed = norm->eps_fixed, numerator = norm->numerator;
     const int eps_exponent = norm->eps_exponent, fraction_bits = norm->fraction_bits, gain_exponent = norm->gain_exponent;
     int eps_bits = bit_length((uint64_t)eps_fixed);
@@ -763,7 +814,7 @@ static void norm_rows(const int64_t *x, const Norm *norm, int16_t *out, int32_t 
         int64_t denominator = root << fraction_bits;
         for (Py_ssize_t c = 0; c < C; c++)
             row[c] = floor_divide(2 * (row[c] * gain[c] * numerator) + denominator, 2 * denominator);
-        exponent[t] = gain_exponent + to_int16(row, C, out + t * C);
+        exponent[t] = gain_exponent + to_int16(row, C, out + t * C, plain);
     }
 }
 
@@ -771,9 +822,9 @@ static PyObject *rms_norm(PyObject *self, PyObject *args) {
     PyObject *x_object, *gain_object, *out_object, *exponent_object;
     Py_ssize_t T, C;
     long long eps_fixed, numerator;
-    int eps_exponent, fraction_bits, gain_exponent;
-    if (!PyArg_ParseTuple(args, "OOOOnnLiLii", &x_object, &gain_object, &out_object, &exponent_object, &T, &C,
-                          &eps_fixed, &eps_exponent, &numerator, &fraction_bits, &gain_exponent))
+    int eps_exponent, fraction_bits, gain_exponent, plain;
+    if (!PyArg_ParseTuple(args, "OOOOnnLiLiip", &x_object, &gain_object, &out_object, &exponent_object, &T, &C,
+                          &eps_fixed, &eps_exponent, &numerator, &fraction_bits, &gain_exponent, &plain))
         return NULL;
     Buffers buffers = {.count = 0};
     const int64_t *x, *gain;
@@ -792,7 +843,7 @@ static PyObject *rms_norm(PyObject *self, PyObject *args) {
     }
     Norm norm = {gain, eps_fixed, numerator, eps_exponent, fraction_bits, gain_exponent};
     Py_BEGIN_ALLOW_THREADS
-    norm_rows(x, &norm, out, exponent, T, C, row);
+    norm_rows(x, &norm, out, exponent, T, C, row, plain);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(row);
     release(&buffers);
@@ -1466,7 +1517,7 @@ typedef struct {
 } Swiglu;
 
 static void swiglu_rows(const int64_t *x, const Swiglu *swiglu, int16_t *out, int32_t *exponent, Py_ssize_t N,
-                        Py_ssize_t hidden, int64_t *row) {
+                        Py_ssize_t hidden, int64_t *row, int plain) {
     const int64_t *table = swiglu->table, rounding = (int64_t)1 << (swiglu->bits - 1);
     const Py_ssize_t middle = swiglu->middle;
     for (Py_ssize_t n = 0; n < N; n++) {
@@ -1477,16 +1528,16 @@ static void swiglu_rows(const int64_t *x, const Swiglu *swiglu, int16_t *out, in
             int64_t silu = (gate[i] * table[index + middle] + rounding) >> swiglu->bits;
             row[i] = silu * up[i];
         }
-        exponent[n] = swiglu->base_exponent + to_int16(row, hidden, out + n * hidden);
+        exponent[n] = swiglu->base_exponent + to_int16(row, hidden, out + n * hidden, plain);
     }
 }
 
 static PyObject *swiglu(PyObject *self, PyObject *args) {
     PyObject *x_object, *table_object, *out_object, *exponent_object;
     Py_ssize_t N, hidden, middle;
-    int index_shift, bits, base_exponent;
-    if (!PyArg_ParseTuple(args, "OOOOnnniii", &x_object, &table_object, &out_object, &exponent_object, &N, &hidden,
-                          &middle, &index_shift, &bits, &base_exponent))
+    int index_shift, bits, base_exponent, plain;
+    if (!PyArg_ParseTuple(args, "OOOOnnniiip", &x_object, &table_object, &out_object, &exponent_object, &N, &hidden,
+                          &middle, &index_shift, &bits, &base_exponent, &plain))
         return NULL;
     Buffers buffers = {.count = 0};
     const int64_t *x, *table;
@@ -1506,7 +1557,7 @@ static PyObject *swiglu(PyObject *self, PyObject *args) {
     }
     Swiglu swiglu = {table, middle, index_shift, bits, base_exponent};
     Py_BEGIN_ALLOW_THREADS
-    swiglu_rows(x, &swiglu, out, exponent, N, hidden, row);
+    swiglu_rows(x, &swiglu, out, exponent, N, hidden, row, plain);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(row);
     release(&buffers);
@@ -1642,7 +1693,7 @@ typedef struct {
     int32_t *exponent, *key_exponent, *value_exponent;
     int64_t *q;
     Py_ssize_t C, B, T, start, columns, heads, width, Hq, Hkv, capacity, position, group;
-    int bits, base_exponent;
+    int bits, base_exponent, plain;
 } RowsContext;
 
 typedef void (*RowsFunction)(const RowsContext *context, Py_ssize_t begin, Py_ssize_t end, int64_t *row);
@@ -1677,15 +1728,15 @@ static void parallel_rows(RowsFunction run, const RowsContext *context, Py_ssize
 }
 
 static void norm_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
-    norm_rows(c->x + begin * c->C, c->norm, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row);
+    norm_rows(c->x + begin * c->C, c->norm, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row, c->plain);
 }
 
 static void swiglu_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
-    swiglu_rows(c->x + begin * 2 * c->C, c->swiglu, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row);
+    swiglu_rows(c->x + begin * 2 * c->C, c->swiglu, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row, c->plain);
 }
 
 static void quantise_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
-    quantise(c->x + begin * c->C, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, c->base_exponent);
+    quantise(c->x + begin * c->C, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, c->base_exponent, c->plain);
 }
 
 /* rotary positions on the q and k heads, then keys and values into the cache and the queries as
@@ -1698,8 +1749,8 @@ static void attention_inputs_part(const RowsContext *c, Py_ssize_t begin, Py_ssi
         const int64_t *qkv = c->rotated + n * c->columns;
         for (Py_ssize_t kv = 0; kv < c->Hkv; kv++) {
             Py_ssize_t at = (b * c->Hkv + kv) * c->capacity + c->position + t;
-            c->key_exponent[at] = to_int16(qkv + (c->Hq + kv) * D, D, c->keys + at * D);
-            c->value_exponent[at] = to_int16(qkv + (c->Hq + c->Hkv + kv) * D, D, c->values + at * D);
+            c->key_exponent[at] = to_int16(qkv + (c->Hq + kv) * D, D, c->keys + at * D, c->plain);
+            c->value_exponent[at] = to_int16(qkv + (c->Hq + c->Hkv + kv) * D, D, c->values + at * D, c->plain);
             for (Py_ssize_t g = 0; g < c->group; g++)
                 memcpy(c->q + (((b * c->Hkv + kv) * c->group + g) * c->T + t) * D, qkv + (kv * c->group + g) * D,
                        sizeof(int64_t) * D);
@@ -1825,7 +1876,8 @@ static PyObject *block(PyObject *self, PyObject *args) {
     failed = !take_scratch(&scratch, N, C, hidden, Rqkv, Hq * D, threads);
     if (!failed) {
         /* attention: norm, q k v, rotary positions (q and k heads are adjacent columns) */
-        const RowsContext norm = {.x = x, .norm = &first_norm, .out = scratch.h, .exponent = scratch.h_exponent, .C = C};
+        const RowsContext norm = {.x = x, .norm = &first_norm, .out = scratch.h, .exponent = scratch.h_exponent, .C = C,
+                                  .plain = plain};
         parallel_rows(norm_part, &norm, N, threads, scratch.row, wide);
         qkv.x = scratch.h, qkv.x_exponent = scratch.h_exponent, qkv.out = scratch.qkv, qkv.T = N;
         failed = run_linear(qkv, threads);
@@ -1835,7 +1887,7 @@ static PyObject *block(PyObject *self, PyObject *args) {
                                     .key_exponent = key_exponent, .value_exponent = value_exponent, .q = scratch.q,
                                     .B = B, .T = T, .start = start, .columns = Rqkv, .heads = Hq + Hkv, .width = D,
                                     .Hq = Hq, .Hkv = Hkv, .capacity = capacity, .position = position, .group = group,
-                                    .bits = rope_bits};
+                                    .bits = rope_bits, .plain = plain};
         parallel_rows(attention_inputs_part, &inputs, N, threads, scratch.row, wide);
         AttentionTask attention_task = {.q = scratch.q, .k = keys, .v = values, .k_exponent = key_exponent,
                                         .v_exponent = value_exponent, .out = scratch.attended,
@@ -1852,13 +1904,14 @@ static PyObject *block(PyObject *self, PyObject *args) {
                     memcpy(scratch.y + ((b * T + t) * Hq + head) * D, scratch.attended + ((b * Hq + head) * T + t) * D,
                            sizeof(int64_t) * D);
         const RowsContext heads = {.x = scratch.y, .out = scratch.y16, .exponent = scratch.y_exponent, .C = Hq * D,
-                                   .base_exponent = -v_exponent};
+                                   .base_exponent = -v_exponent, .plain = plain};
         parallel_rows(quantise_part, &heads, N, threads, scratch.row, wide);
         o.x = scratch.y16, o.x_exponent = scratch.y_exponent, o.out = x, o.T = N, o.accumulate = 1;
         failed = run_linear(o, threads);
     }
     if (!failed) { /* feed-forward: norm, gate and up, SwiGLU, down product joins x */
-        const RowsContext norm = {.x = x, .norm = &second_norm, .out = scratch.h, .exponent = scratch.h_exponent, .C = C};
+        const RowsContext norm = {.x = x, .norm = &second_norm, .out = scratch.h, .exponent = scratch.h_exponent, .C = C,
+                                  .plain = plain};
         parallel_rows(norm_part, &norm, N, threads, scratch.row, wide);
         gate_up.x = scratch.h, gate_up.x_exponent = scratch.h_exponent, gate_up.out = scratch.gate_up, gate_up.T = N;
         failed = run_linear(gate_up, threads);
@@ -1866,7 +1919,7 @@ static PyObject *block(PyObject *self, PyObject *args) {
     if (!failed) {
         Swiglu swiglu = {sigmoid, sigmoid_middle, sigmoid_index_shift, sigmoid_bits, swiglu_exponent};
         const RowsContext activation = {.x = scratch.gate_up, .swiglu = &swiglu, .out = scratch.p16,
-                                        .exponent = scratch.p_exponent, .C = hidden};
+                                        .exponent = scratch.p_exponent, .C = hidden, .plain = plain};
         parallel_rows(swiglu_part, &activation, N, threads, scratch.row, wide);
         down.x = scratch.p16, down.x_exponent = scratch.p_exponent, down.out = x, down.T = N, down.accumulate = 1;
         failed = run_linear(down, threads);
@@ -1886,15 +1939,15 @@ static PyMethodDef methods[] = {
      "plain, limits, int8_inputs): out[t, r] (+)= clamp(round(sum_k w[r, k] x[t, k] * 2**(row_exponent[r] + "
      "x_exponent[t])), limits[r]); with int8_inputs, 4-bit matrices take x as int8 blocks"},
     {"rms_norm", rms_norm, METH_VARARGS,
-     "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent)"},
-    {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent)"},
+     "rms_norm(x, gain, out, exponent, T, C, eps_fixed, eps_exponent, numerator, fraction_bits, gain_exponent, plain)"},
+    {"quantise_rows", quantise_rows, METH_VARARGS, "quantise_rows(x, out, exponent, T, C, base_exponent, plain)"},
     {"attention", attention, METH_VARARGS,
      "attention(q, keys, key_exponent, values, value_exponent, multiplier, shift, table, out, B, H, Rq, Tq, Tk, "
      "capacity, D, table_length, threads, plain): the attention kernel of `block` alone"},
     {"rotate", rotate, METH_VARARGS,
      "rotate(x, cos, sin, N, columns, begin, heads, width, T, start, table_rows, bits): rotary positions in place"},
     {"swiglu", swiglu, METH_VARARGS,
-     "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent)"},
+     "swiglu(x, table, out, exponent, N, hidden, middle, index_shift, bits, base_exponent, plain)"},
     {"output_rows", output_rows, METH_VARARGS,
      "output_rows(logits, table, N, V, table_length, total_bits, threads, doubles): integer logits to coder weights, "
      "in place, as int64 or (doubles) as the same integers in float64"},

@@ -374,7 +374,8 @@ class _Products:
         N, C = x.shape
         out, exponent = _int16_outputs(N, C)
         _quantized.rms_norm(x.contiguous().numpy(), norm.gain.numpy(), out.numpy(), exponent.numpy(), N, C,
-                            norm.eps_fixed, norm.eps_exponent, norm.numerator, NORM_FRACTION_BITS, norm.gain_exponent)
+                            norm.eps_fixed, norm.eps_exponent, norm.numerator, NORM_FRACTION_BITS, norm.gain_exponent,
+                            self.plain)
         return out, exponent
 
     def rotate(self, x: torch.Tensor, begin: int, heads: int, width: int, T: int, start: int, cos, sin) -> None:
@@ -394,7 +395,8 @@ class _Products:
             return _swiglu_reference(x, tables, gate_exponent, base_exponent)
         out, exponent = _int16_outputs(x.shape[0], hidden)
         _quantized.swiglu(x.numpy(), tables.sigmoid_array, out.numpy(), exponent.numpy(), x.shape[0], hidden,
-                          tables.sigmoid_middle, SIGMOID_FRACTION_BITS - gate_exponent, SIGMOID_BITS, base_exponent)
+                          tables.sigmoid_middle, SIGMOID_FRACTION_BITS - gate_exponent, SIGMOID_BITS, base_exponent,
+                          self.plain)
         return out, exponent
 
     def int16_rows(self, x: torch.Tensor, base_exponent: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,7 +404,7 @@ class _Products:
             return _int16_rows(x, base_exponent)
         N, C = x.shape
         out, exponent = _int16_outputs(N, C)
-        _quantized.quantise_rows(x.contiguous().numpy(), out.numpy(), exponent.numpy(), N, C, base_exponent)
+        _quantized.quantise_rows(x.contiguous().numpy(), out.numpy(), exponent.numpy(), N, C, base_exponent, self.plain)
         return out, exponent
 
 
