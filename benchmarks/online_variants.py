@@ -15,6 +15,7 @@ weights), so the replay checks itself. A replay
 codes a mixed row by its weights: the symbol's share after the candidate (and, in the top-token
 variants, the model's top token) are given their estimates and the rest scaled to the remainder.
 It leaves out the floors of the exact mix, which move a code length by a few bits in a file.
+A second table gives the model's own cost by position in the chunk.
 """
 
 from __future__ import annotations
@@ -235,6 +236,29 @@ def replay(recorded: dict, variant: Variant) -> tuple[float, float]:
     return mixed, alone
 
 
+POSITION_RANGES = ((0, 16), (16, 64), (64, 128), (128, 256), (256, 512), (512, None))
+
+
+def position_costs(recorded: dict) -> list[tuple[str, int, float]]:
+    """(positions, tokens, model-alone bits per token) by position in the chunk: what a chunk's
+    fresh context costs. A piece's rows follow its begin_step event, from that step on."""
+    totals: dict[int, list[float]] = {}
+    start = 0
+    for event in recorded["events"]:
+        if event[0] == "begin_step":
+            start = event[1]
+        elif event[0] == "mix":
+            for i, weight in enumerate(event[6].tolist()):
+                totals.setdefault(start + i, []).append(bits(weight))
+    rows = []
+    for low, high in POSITION_RANGES:
+        costs = [c for position, cs in totals.items() if position >= low and (high is None or position < high)
+                 for c in cs]
+        if costs:
+            rows.append((f"{low}-{high - 1}" if high else f"{low}-", len(costs), sum(costs) / len(costs)))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -266,6 +290,10 @@ def main(argv=None) -> int:
         mixed, alone = replay(recorded, VARIANTS[name])
         lines.append(f"| {name} | {alone / 8:,.1f} | {mixed / 8:,.1f} | {100 * (1 - mixed / alone):.3f} % |")
         print(lines[-1], flush=True)
+    lines += ["", "The model alone by position in the chunk:", "",
+              "| positions | tokens | bits per token |", "|---|---:|---:|"]
+    lines += [f"| {positions} | {tokens:,} | {cost:.3f} |" for positions, tokens, cost in position_costs(recorded)]
+    print("\n".join(lines[-len(POSITION_RANGES) - 4:]))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
     return 0
