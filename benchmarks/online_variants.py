@@ -92,10 +92,11 @@ class Estimate:
                  prior_weight: int = online.PRIOR_WEIGHT, limit: int = online.COUNT_LIMIT):
         self.nodes, self.spacing, self.prior_weight, self.limit = nodes, spacing, prior_weight, limit
         self.hits, self.trials = np.zeros(contexts * nodes, np.int64), np.zeros(contexts * nodes, np.int64)
-        middle = nodes // 2
-        self.priors = [online._node_prior(node) if spacing == online.STRETCH_FRACTION and nodes == online.STRETCH_NODES
-                       else int(2 ** ((node - middle) * spacing / 256) / (1 + 2 ** ((node - middle) * spacing / 256))
-                                * (1 << online.PROBABILITY_BITS)) for node in range(nodes)]
+        if (nodes, spacing) == (online.STRETCH_NODES, online.STRETCH_FRACTION):
+            self.priors = [online._node_prior(node) for node in range(nodes)]  # exactly online.py's
+        else:  # the identity mapping at each node
+            odds = [2 ** ((node - nodes // 2) * spacing / 256) for node in range(nodes)]
+            self.priors = [int(o / (1 + o) * (1 << online.PROBABILITY_BITS)) for o in odds]
         self.own: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def begin_unit(self, chunks: int) -> None:
