@@ -680,21 +680,31 @@ static int64_t floor_divide(int64_t numerator, int64_t denominator) { /* denomin
     return quotient;
 }
 
+static inline uint64_t magnitude(int64_t value) { /* |value|, also for INT64_MIN */
+    return value < 0 ? (uint64_t)0 - (uint64_t)value : (uint64_t)value;
+}
+
+/* One entry of an int16 row: shifted right by `shift` (rounding half up), clamped to ±32767. */
+static inline int16_t int16_entry(int64_t value, int shift) {
+    value = round_shift(value, -shift);
+    return (int16_t)(value > 32767 ? 32767 : value < -32767 ? -32767 : value);
+}
+
+/* The shift that brings a peak of this magnitude within 15 bits. */
+static inline int int16_shift(uint64_t peak) {
+    const int shift = bit_length(peak) - 15;
+    return shift < 0 ? 0 : shift;
+}
+
 /* A row of int64 as int16 with a power-of-two exponent: shifted right (rounding half up) until
  * its peak fits 15 bits. Returns the shift. The plain-C definition; to_int16_avx2 gives the same
  * integers. */
 static int to_int16_plain(const int64_t *values, Py_ssize_t count, int16_t *out) {
     uint64_t peak = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        uint64_t magnitude = values[i] < 0 ? (uint64_t)0 - (uint64_t)values[i] : (uint64_t)values[i];
-        if (magnitude > peak) peak = magnitude;
-    }
-    int shift = bit_length(peak) - 15;
-    if (shift < 0) shift = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        int64_t value = round_shift(values[i], -shift);
-        out[i] = (int16_t)(value > 32767 ? 32767 : value < -32767 ? -32767 : value);
-    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (magnitude(values[i]) > peak) peak = magnitude(values[i]);
+    const int shift = int16_shift(peak);
+    for (Py_ssize_t i = 0; i < count; i++) out[i] = int16_entry(values[i], shift);
     return shift;
 }
 
@@ -713,10 +723,8 @@ __attribute__((target("avx2"))) static int to_int16_avx2(const int64_t *values, 
     uint64_t lanes[4], peak;
     _mm256_storeu_si256((__m256i *)lanes, bits);
     peak = lanes[0] | lanes[1] | lanes[2] | lanes[3];
-    for (Py_ssize_t j = i; j < count; j++)
-        peak |= values[j] < 0 ? (uint64_t)0 - (uint64_t)values[j] : (uint64_t)values[j];
-    int shift = bit_length(peak) - 15;
-    if (shift < 0) shift = 0;
+    for (Py_ssize_t j = i; j < count; j++) peak |= magnitude(values[j]);
+    const int shift = int16_shift(peak);
     const __m256i half = _mm256_set1_epi64x(shift ? (int64_t)1 << (shift - 1) : 0);
     const __m256i sign_bit = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - shift)));
     const __m256i low_halves = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -732,10 +740,7 @@ __attribute__((target("avx2"))) static int to_int16_avx2(const int64_t *values, 
         b32 = _mm_min_epi32(_mm_max_epi32(b32, lowest), highest);
         _mm_storeu_si128((__m128i *)(out + i), _mm_packs_epi32(a32, b32));
     }
-    for (; i < count; i++) {
-        int64_t value = round_shift(values[i], -shift);
-        out[i] = (int16_t)(value > 32767 ? 32767 : value < -32767 ? -32767 : value);
-    }
+    for (; i < count; i++) out[i] = int16_entry(values[i], shift);
     return shift;
 }
 #endif
@@ -793,10 +798,8 @@ static void norm_rows(const int64_t *x, const Norm *norm, int16_t *out, int32_t 
     for (Py_ssize_t t = 0; t < T; t++) {
         const int64_t *values = x + t * C;
         uint64_t peak = 0;
-        for (Py_ssize_t c = 0; c < C; c++) {
-            uint64_t magnitude = values[c] < 0 ? (uint64_t)0 - (uint64_t)values[c] : (uint64_t)values[c];
-            if (magnitude > peak) peak = magnitude;
-        }
+        for (Py_ssize_t c = 0; c < C; c++)
+            if (magnitude(values[c]) > peak) peak = magnitude(values[c]);
         int shift = 20 - bit_length(peak);
         int64_t squares = 0;
         for (Py_ssize_t c = 0; c < C; c++) {
@@ -1728,15 +1731,18 @@ static void parallel_rows(RowsFunction run, const RowsContext *context, Py_ssize
 }
 
 static void norm_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
-    norm_rows(c->x + begin * c->C, c->norm, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row, c->plain);
+    norm_rows(c->x + begin * c->C, c->norm, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row,
+              c->plain);
 }
 
 static void swiglu_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
-    swiglu_rows(c->x + begin * 2 * c->C, c->swiglu, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, row, c->plain);
+    swiglu_rows(c->x + begin * 2 * c->C, c->swiglu, c->out + begin * c->C, c->exponent + begin, end - begin, c->C,
+                row, c->plain);
 }
 
 static void quantise_part(const RowsContext *c, Py_ssize_t begin, Py_ssize_t end, int64_t *row) {
-    quantise(c->x + begin * c->C, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, c->base_exponent, c->plain);
+    quantise(c->x + begin * c->C, c->out + begin * c->C, c->exponent + begin, end - begin, c->C, c->base_exponent,
+             c->plain);
 }
 
 /* rotary positions on the q and k heads, then keys and values into the cache and the queries as
