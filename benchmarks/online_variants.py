@@ -166,20 +166,26 @@ class Variant:
     the model's top token"), and optionally a second one on the model's top token where it is not
     the candidate (context: no candidate / a match of up to 3 tokens / longer)."""
 
-    def __init__(self, top_estimate: bool = False, candidate_is_top: bool = False, **constants):
+    def __init__(self, top_estimate: bool = False, candidate_is_top: bool = False, position_limits: tuple = (),
+                 **constants):
         self.top_estimate, self.candidate_is_top, self.constants = top_estimate, candidate_is_top, constants
+        self.position_limits = position_limits  # context x "position in the chunk below each limit"
 
     def tables(self) -> list[Estimate]:
-        contexts = online.LENGTH_CONTEXTS * (2 if self.candidate_is_top else 1)
+        contexts = online.LENGTH_CONTEXTS * (2 if self.candidate_is_top else 1) * (len(self.position_limits) + 1)
         return [Estimate(contexts, **self.constants)] + ([Estimate(3, **self.constants)] if self.top_estimate else [])
 
-    def code(self, tables, chunk, candidate, length, symbol, candidate_weight, symbol_weight, top, weights) -> float:
+    def code(self, tables, chunk, position, candidate, length, symbol, candidate_weight, symbol_weight, top,
+             weights) -> float:
         targets = []
         best, best_weight = top_token(top, weights)
         if candidate >= 0:
             context = online.length_context(length)
             if self.candidate_is_top:
                 context = 2 * context + (best == candidate)
+            if self.position_limits:
+                bucket = sum(position >= limit for limit in self.position_limits)
+                context = context * (len(self.position_limits) + 1) + bucket
             probability, cell, fraction = tables[0].target(chunk, context, candidate_weight)
             if probability:
                 tables[0].learn(chunk, cell, fraction, symbol == candidate)
@@ -204,6 +210,9 @@ VARIANTS = {
     "context x candidate is the top token": Variant(candidate_is_top=True),
     "and an estimate on the top token": Variant(top_estimate=True),
     "top-token estimate, prior weight 16": Variant(top_estimate=True, prior_weight=16 * 256),
+    "context x position below 64": Variant(position_limits=(64,)),
+    "context x position below 16 / 64 / 256": Variant(position_limits=(16, 64, 256)),
+    "context x position below 32 / 256, prior weight 16": Variant(position_limits=(32, 256), prior_weight=16 * 256),
 }
 
 
@@ -214,13 +223,14 @@ def encoder_bits(recorded: dict) -> float:
 
 def replay(recorded: dict, variant: Variant) -> tuple[float, float]:
     """(mixed, alone) code lengths in bits over the record."""
-    tables, folded, fold_steps, mixed, alone = variant.tables(), 0, None, 0.0, 0.0
+    tables, folded, fold_steps, mixed, alone, start = variant.tables(), 0, None, 0.0, 0.0, 0
     for event in recorded["events"]:
         if event[0] == "begin_unit":
             for table in tables:
                 table.begin_unit(event[1])
             folded, fold_steps = 0, event[2]  # fold_steps None: version 1, no folds within a unit
         elif event[0] == "begin_step":
+            start = event[1]
             if fold_steps and event[1] > folded and event[1] % fold_steps == 0:
                 for table in tables:
                     table.fold()
@@ -232,7 +242,8 @@ def replay(recorded: dict, variant: Variant) -> tuple[float, float]:
             _, chunks, candidates, lengths, symbols, candidate_weights, symbol_weights, top, weights, _ = event
             for i in range(len(chunks)):
                 alone += bits(int(symbol_weights[i]))
-                mixed += variant.code(tables, int(chunks[i]), int(candidates[i]), int(lengths[i]), int(symbols[i]),
+                mixed += variant.code(tables, int(chunks[i]), start + i, int(candidates[i]), int(lengths[i]),
+                                      int(symbols[i]),
                                       int(candidate_weights[i]), int(symbol_weights[i]), top[i], weights[i])
     return mixed, alone
 
