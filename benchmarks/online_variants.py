@@ -164,12 +164,13 @@ def top_token(top: np.ndarray, weights: np.ndarray) -> tuple[int, int]:
 class Variant:
     """A secondary estimate on the candidate (context: match length, optionally × "the candidate is
     the model's top token"), and optionally a second one on the model's top token where it is not
-    the candidate (context: no candidate / a match of up to 3 tokens / longer)."""
+    the candidate (context: no candidate / a match of up to 3 tokens / longer). `position_limits`
+    split the candidate's context further by the position in the chunk."""
 
     def __init__(self, top_estimate: bool = False, candidate_is_top: bool = False, position_limits: tuple = (),
                  **constants):
         self.top_estimate, self.candidate_is_top, self.constants = top_estimate, candidate_is_top, constants
-        self.position_limits = position_limits  # context x "position in the chunk below each limit"
+        self.position_limits = position_limits
 
     def tables(self) -> list[Estimate]:
         contexts = online.LENGTH_CONTEXTS * (2 if self.candidate_is_top else 1) * (len(self.position_limits) + 1)
@@ -243,8 +244,8 @@ def replay(recorded: dict, variant: Variant) -> tuple[float, float]:
             for i in range(len(chunks)):
                 alone += bits(int(symbol_weights[i]))
                 mixed += variant.code(tables, int(chunks[i]), start + i, int(candidates[i]), int(lengths[i]),
-                                      int(symbols[i]),
-                                      int(candidate_weights[i]), int(symbol_weights[i]), top[i], weights[i])
+                                      int(symbols[i]), int(candidate_weights[i]), int(symbol_weights[i]), top[i],
+                                      weights[i])
     return mixed, alone
 
 
