@@ -43,7 +43,7 @@ def record(path: Path, level: int, max_bytes: int | None) -> dict:
     model = online.OnlineModel
     originals = {name: getattr(model, name) for name in ("mix", "begin_unit", "begin_step", "end_unit")}
 
-    def mix(self, rows, chunks, candidates, lengths, symbols=None, plain=False):
+    def mix(self, rows, chunks, candidates, lengths, symbols=None, plain=False, **position):
         index = np.arange(len(rows))
         candidates, symbols = np.asarray(candidates, dtype=np.int64), np.asarray(symbols, dtype=np.int64)
         top = np.argpartition(-rows, TOP_TOKENS, axis=1)[:, :TOP_TOKENS]
@@ -51,7 +51,7 @@ def record(path: Path, level: int, max_bytes: int | None) -> dict:
                 np.where(candidates >= 0, rows[index, np.maximum(candidates, 0)], 0).astype(np.int64),
                 rows[index, symbols].astype(np.int64), top.astype(np.int32),
                 np.take_along_axis(rows, top, axis=1).astype(np.int64))
-        result = originals["mix"](self, rows, chunks, candidates, lengths, symbols, plain)
+        result = originals["mix"](self, rows, chunks, candidates, lengths, symbols, plain, **position)
         events.append(("mix", *seen, rows[index, symbols].astype(np.int64)))  # and the symbols' mixed weights
         return result
 

@@ -12,15 +12,22 @@ Two parts, both in integers only, so a decoder reproduces every row bit for bit:
 
 The mixed row gives the candidate that estimated probability and scales every other entry of
 the model's row by one common integer factor (`mix_row`); rows without a candidate are the
-model's rows unchanged.
+model's rows unchanged. Version 3 adds a third part, mixed in after the candidate:
+
+- **follower counts** (`FollowerCounts`): how often each token followed the previous token in
+  the file so far; the row gives them a share λ, learnt online per context cell (position in
+  the chunk × how often the previous token was seen) as the mean posterior of "the counts
+  predicted this token" (`mix_counts`). It gives back much of what a chunk's fresh context
+  loses at its start, and a file's own vocabulary.
 
 The file's rule for parallel decoding (docs/FORMAT.md, "The online model"): model chunks are
 decoded in *units* (a coded group's model chunks, cut into runs of at most `unit_chunks`), all
 chunks of a unit in lockstep. At step t of a unit, every chunk's match model has seen every
 token that any chunk of the unit holds at positions < t, plus every model-coded token of
-earlier units; its secondary estimate has seen the table as left by earlier units plus its own
-chunk's positions < t, and (version 2) every chunk's positions before the last multiple of
-`fold_steps` up to t: every `fold_steps` steps the chunks' observations join the shared table. Encoder
+earlier units; its secondary estimate (and, version 3, its follower counts and their weights)
+has seen the tables as left by earlier units plus its own chunk's positions < t, and (version 2)
+every chunk's positions before the last multiple of `fold_steps` up to t: every `fold_steps`
+steps the chunks' observations join the shared tables. Encoder
 and decoder both walk a unit step by step through `predict` and `observe`, and fold through
 `begin_step`, so they apply the very same rule.
 """
@@ -38,8 +45,8 @@ try:  # the per-token work compiled (_online.c); the Python below is its definit
 except ImportError:  # pragma: no cover - a build without the extension
     _online = None
 
-ONLINE_VERSION = 2  # written; 1: a unit's chunks share their secondary estimates only at its end
-VERSIONS = (1, 2)
+ONLINE_VERSION = 3  # written; 2: without follower counts; 1: a unit's chunks share only at its end
+VERSIONS = (1, 2, 3)
 FOLD_STEPS = 128  # version 2: a unit's chunks join their secondary estimates' counts every so many steps
 ROW_TOTAL_BITS = 30  # exact engines' rows sum to 2**30
 PROBABILITY_BITS = 16  # the secondary estimate's resolution
@@ -52,6 +59,17 @@ STRETCH_FRACTION = 256  # log-odds in 1/256 bit
 STRETCH_NODES = 25  # nodes at -12 .. +12 bits of the model's log-odds for the candidate
 PRIOR_WEIGHT = 4 * STRETCH_FRACTION  # a node starts as four observations of the identity mapping
 COUNT_LIMIT = 1024 * STRETCH_FRACTION  # older observations fade past this many trials per node
+
+# version 3: the follower counts and their weight λ (in 2**-16) per context cell
+COUNT_POSITION_LIMITS = (16, 64, 256)  # position-in-chunk buckets: 0-15, 16-63, 64-255, 256-
+COUNT_TOTAL_LIMITS = (2, 4, 16, 64)  # how often the previous token was seen: 1, 2-3, 4-15, 16-63, 64-
+COUNT_CELLS = (len(COUNT_POSITION_LIMITS) + 1) * (len(COUNT_TOTAL_LIMITS) + 1)
+WEIGHT_BITS = 16
+WEIGHT_PRIOR_TRIALS = 16  # a cell starts as 16 observations of the starting weight
+WEIGHT_START = 3277  # 0.05
+WEIGHT_MOST = 58982  # 0.9: the engine's row keeps at least a tenth
+WEIGHT_TRIAL_LIMIT = 1024  # older observations of a cell fade past this many
+START_KEY = -1  # the "previous token" of a chunk's first position
 
 TOKEN_BITS = 20  # a token id's field in a context key (vocabularies up to 2**20)
 _MASK64 = (1 << 64) - 1
@@ -161,6 +179,145 @@ def mix_rows(weights: np.ndarray, candidates: np.ndarray, probabilities: np.ndar
     return weights
 
 
+def mix_counts(row: np.ndarray, tokens: np.ndarray, counts: np.ndarray, weight: int) -> None:
+    """Version 3's second mix, in place: row (V,) sums to 2**30 (int64, or float64 holding exact
+    integers), `tokens` (ascending, distinct) followed the previous token `counts` times, and
+    they get the share `weight` in 2**-16 (0 < weight < 2**16).
+
+    Every entry becomes floor(entry · (2**16 − weight) / 2**16); what that frees, L = 2**30 minus
+    their sum, goes to the tokens in proportion, floor(L · count / total) each, and what those
+    floors leave to the most counted (the lowest id among equals): the row sums to exactly 2**30.
+    In float64 every step is exact: products stay below 2**47, and scaling by 2**-16 and floors
+    lose nothing.
+    """
+    keep = (1 << WEIGHT_BITS) - weight
+    if row.dtype == np.float64:
+        row *= keep
+        row *= 2.0**-WEIGHT_BITS
+        np.floor(row, out=row)
+    else:
+        row *= keep
+        row >>= WEIGHT_BITS
+    left = (1 << ROW_TOTAL_BITS) - int(row.sum())
+    shares = left * counts // int(counts.sum())
+    shares[int(np.argmax(counts))] += left - int(shares.sum())
+    row[tokens] += shares
+
+
+def count_cell(step: int, total: int) -> int:
+    """The weight's context: the position in the chunk and how often the previous token was seen."""
+    position = sum(step >= limit for limit in COUNT_POSITION_LIMITS)
+    seen = sum(total >= limit for limit in COUNT_TOTAL_LIMITS)
+    return position * (len(COUNT_TOTAL_LIMITS) + 1) + seen
+
+
+class FollowerCounts:
+    """Version 3: which token followed which in the file so far, and the weight λ each context
+    cell gives those counts, learnt as the mean posterior probability that the counts, not the
+    row they were mixed into, predicted the token: λ·b / p, b being the counts' probability for
+    the token and p its mixed one. Shared counts (everything folded in) plus each chunk's own,
+    as the secondary estimate keeps its tables."""
+
+    def __init__(self):
+        self.shared: dict[int, dict[int, int]] = {}  # previous token -> {token: times it followed}
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # shared, as sorted arrays, when asked
+        self.posteriors = np.zeros(COUNT_CELLS, dtype=np.int64)  # per cell: posteriors summed, in 2**-16
+        self.trials = np.zeros(COUNT_CELLS, dtype=np.int64)
+        self.begin_unit(0)
+
+    def begin_unit(self, chunks: int) -> None:
+        self.own: list[dict[int, dict[int, int]]] = [{} for _ in range(chunks)]
+        self.own_posteriors = np.zeros((chunks, COUNT_CELLS), dtype=np.int64)
+        self.own_trials = np.zeros((chunks, COUNT_CELLS), dtype=np.int64)
+
+    def fold(self) -> None:
+        """Every chunk's counts and posteriors, in chunk order, join the shared ones."""
+        for own in self.own:
+            for previous, followers in own.items():
+                shared = self.shared.setdefault(previous, {})
+                for token, count in followers.items():
+                    shared[token] = shared.get(token, 0) + count
+                self._arrays.pop(previous, None)
+            own.clear()
+        self.posteriors += self.own_posteriors.sum(axis=0)
+        self.trials += self.own_trials.sum(axis=0)
+        self.own_posteriors[:] = self.own_trials[:] = 0
+        faded = self.trials > WEIGHT_TRIAL_LIMIT
+        self.posteriors[faded] = self.posteriors[faded] * WEIGHT_TRIAL_LIMIT // self.trials[faded]
+        self.trials[faded] = WEIGHT_TRIAL_LIMIT
+
+    def state(self) -> tuple:
+        return ({previous: dict(followers) for previous, followers in self.shared.items()},
+                self.posteriors.copy(), self.trials.copy())
+
+    def restore(self, state: tuple) -> None:
+        shared, posteriors, trials = state
+        self.shared = {previous: dict(followers) for previous, followers in shared.items()}
+        self._arrays.clear()
+        self.posteriors, self.trials = posteriors.copy(), trials.copy()
+        self.begin_unit(0)
+
+    def followers(self, chunk: int, previous: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens ascending, counts) that followed `previous` as chunk `chunk` sees them now."""
+        arrays = self._arrays.get(previous)
+        if arrays is None:
+            shared = self.shared.get(previous, {})
+            tokens = np.array(sorted(shared), dtype=np.int64)
+            arrays = self._arrays[previous] = (tokens, np.array([shared[t] for t in tokens.tolist()], dtype=np.int64))
+        own = self.own[chunk].get(previous)
+        if not own:
+            return arrays
+        own_tokens = np.array(sorted(own), dtype=np.int64)
+        own_counts = np.array([own[t] for t in own_tokens.tolist()], dtype=np.int64)
+        tokens, counts = arrays
+        if not len(tokens):
+            return own_tokens, own_counts
+        at = np.searchsorted(tokens, own_tokens)
+        present = tokens[np.minimum(at, len(tokens) - 1)] == own_tokens
+        counts = counts.copy()
+        counts[at[present]] += own_counts[present]
+        if present.all():
+            return tokens, counts
+        tokens = np.concatenate([tokens, own_tokens[~present]])
+        order = np.argsort(tokens, kind="stable")
+        return tokens[order], np.concatenate([counts, own_counts[~present]])[order]
+
+    def count(self, chunk: int, previous: int, token: int) -> int:
+        return self.shared.get(previous, {}).get(token, 0) + self.own[chunk].get(previous, {}).get(token, 0)
+
+    def weight(self, chunk: int, cell: int) -> int:
+        posteriors = int(self.posteriors[cell] + self.own_posteriors[chunk, cell])
+        trials = int(self.trials[cell] + self.own_trials[chunk, cell])
+        weight = (posteriors + WEIGHT_START * WEIGHT_PRIOR_TRIALS) // (trials + WEIGHT_PRIOR_TRIALS)
+        return min(weight, WEIGHT_MOST)
+
+    def mix(self, row: np.ndarray, chunk: int, step: int, previous: int) -> tuple[int, int, int]:
+        """The row mixed in place; (cell, weight, times `previous` was seen) to learn from, or
+        (−1, 0, 0) where the counts know nothing of `previous` (the row stays as it is)."""
+        tokens, counts = self.followers(chunk, previous)
+        total = int(counts.sum())
+        if not total:
+            return -1, 0, 0
+        cell = count_cell(step, total)
+        weight = self.weight(chunk, cell)
+        if weight:
+            mix_counts(row, tokens, counts, weight)
+        return cell, weight, total
+
+    def learn(self, chunk: int, previous: int, token: int, cell: int, weight: int, total: int,
+              mixed_weight: int) -> None:
+        """After position coded `token` under a mixed row that gave it `mixed_weight` (of 2**30):
+        the cell's posterior floor(λ · floor(count · 2**30 / total) / mixed) (at most 2**16) and
+        one trial, then the count."""
+        if cell >= 0:
+            following = (self.count(chunk, previous, token) << ROW_TOTAL_BITS) // total
+            posterior = min(weight * following // max(int(mixed_weight), 1), 1 << WEIGHT_BITS)
+            self.own_posteriors[chunk, cell] += posterior
+            self.own_trials[chunk, cell] += 1
+        followers = self.own[chunk].setdefault(previous, {})
+        followers[token] = followers.get(token, 0) + 1
+
+
 # -- the online model -----------------------------------------------------------------------------
 
 class OnlineModel:
@@ -175,6 +332,7 @@ class OnlineModel:
         check_settings(settings)
         self.unit_chunks = settings["unit_chunks"]
         self.fold_steps = settings.get("fold_steps")  # None: version 1
+        self.counts = FollowerCounts() if settings["version"] >= 3 else None
         # every model-coded token so far, chunk after chunk, in the first `size` entries of a buffer
         # that doubles as it fills; UNKNOWN where not yet observed
         self.tokens = np.full(1 << 12, UNKNOWN, dtype=np.int32)
@@ -198,10 +356,13 @@ class OnlineModel:
     def checkpoint(self) -> tuple:
         if self._undo is None:
             self._undo = []
-        return self.size, len(self._undo), self.hits.copy(), self.trials.copy()
+        counts = self.counts.state() if self.counts is not None else None
+        return self.size, len(self._undo), self.hits.copy(), self.trials.copy(), counts
 
     def rollback(self, mark: tuple) -> None:
         size, undo_size, self.hits, self.trials = mark[0], mark[1], mark[2].copy(), mark[3].copy()
+        if self.counts is not None:
+            self.counts.restore(mark[4])
         self.tokens[size : self.size] = UNKNOWN
         self.size = size
         if len(self._undo) > undo_size:
@@ -231,6 +392,8 @@ class OnlineModel:
         self.own_hits = np.zeros((len(lengths), CELLS), dtype=np.int64)  # each chunk's observations not yet
         self.own_trials = np.zeros((len(lengths), CELLS), dtype=np.int64)  # folded in
         self._folded_at = 0  # the step of the last fold
+        if self.counts is not None:
+            self.counts.begin_unit(len(lengths))
 
     def begin_unit(self, lengths: list[int]) -> None:
         if len(lengths) > self.unit_chunks:
@@ -257,6 +420,8 @@ class OnlineModel:
         faded = trials > COUNT_LIMIT
         hits[faded] = hits[faded] * COUNT_LIMIT // trials[faded]
         trials[faded] = COUNT_LIMIT
+        if self.counts is not None:
+            self.counts.fold()
 
     # -- the match model: a step of a unit, compiled where built --
 
@@ -378,13 +543,16 @@ class OnlineModel:
     # -- rows: the secondary estimate mixed in, compiled where built --
 
     def mix(self, rows: np.ndarray, chunks: np.ndarray, candidates: np.ndarray, lengths: np.ndarray,
-            symbols: np.ndarray | None = None, plain: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            symbols: np.ndarray | None = None, plain: bool = False, steps: np.ndarray | None = None,
+            previous: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """Rows (N, V) of float64 exact integers mixed in place, row i being of chunk `chunks[i]`
-        with that candidate and match length. With `symbols` (the encoder's rows of one chunk, in
-        order), what row i codes is learnt before row i + 1 is mixed; without (the decoder's rows of
-        distinct chunks), the returned (probabilities, cells, fractions) go to `learn_rows` once the
-        symbols are decoded. The same integers either way, compiled or not (`plain`: the compiled
-        plain-C path even where AVX2 runs, for tests)."""
+        with that candidate and match length (version 3: at position `steps[i]` of its chunk, after
+        the token `previous[i]`, START_KEY at a chunk's start). With `symbols` (the encoder's rows
+        of one chunk, in order), what row i codes is learnt before row i + 1 is mixed; without (the
+        decoder's rows of distinct chunks), the returned arrays go to `learn_rows` once the symbols
+        are decoded. The same integers either way, compiled or not (`plain`: the compiled plain-C
+        path even where AVX2 runs, for tests). The candidate is mixed first, then the counts: they
+        learn from separate tables, so either may learn first."""
         N, V = rows.shape
         chunks, candidates, lengths = (np.ascontiguousarray(a, dtype=np.int64) for a in (chunks, candidates, lengths))
         if symbols is not None:
@@ -393,29 +561,51 @@ class OnlineModel:
         if _online is not None and rows.dtype == np.float64 and rows.flags.c_contiguous:
             _online.mix(rows, N, V, chunks, candidates, lengths, symbols, self.hits, self.trials, self.own_hits,
                         self.own_trials, _LOG2_ARRAY, _PRIORS_ARRAY, probabilities, cells, fractions, plain)
-            return probabilities, cells, fractions
-        for i in range(N):
-            candidate = int(candidates[i])
-            if candidate < 0:
-                continue
-            probabilities[i], cells[i], fractions[i] = self.target(int(chunks[i]), int(lengths[i]),
-                                                                   int(rows[i, candidate]))
-            if probabilities[i]:
-                mixed = rows[i].astype(np.int64)
-                mix_row(mixed, candidate, int(probabilities[i]))
-                rows[i] = mixed
+        else:
+            for i in range(N):
+                candidate = int(candidates[i])
+                if candidate < 0:
+                    continue
+                probabilities[i], cells[i], fractions[i] = self.target(int(chunks[i]), int(lengths[i]),
+                                                                       int(rows[i, candidate]))
+                if probabilities[i]:
+                    mixed = rows[i].astype(np.int64)
+                    mix_row(mixed, candidate, int(probabilities[i]))
+                    rows[i] = mixed
+                    if symbols is not None:
+                        self.learn(int(chunks[i]), int(cells[i]), int(fractions[i]), int(symbols[i]) == candidate)
+        counted = np.full(N, -1, dtype=np.int64), np.zeros(N, dtype=np.int64), np.zeros(N, dtype=np.int64)
+        if self.counts is not None:
+            if steps is None or previous is None:
+                raise ValueError("version 3 mixes rows knowing their positions and previous tokens")
+            for i, (chunk, step, before) in enumerate(zip(chunks.tolist(), np.asarray(steps).tolist(),
+                                                          np.asarray(previous).tolist())):
+                row = rows[i]
+                cell, weight, total = self.counts.mix(row, chunk, step, before)
+                counted[0][i], counted[1][i], counted[2][i] = cell, weight, total
                 if symbols is not None:
-                    self.learn(int(chunks[i]), int(cells[i]), int(fractions[i]), int(symbols[i]) == candidate)
-        return probabilities, cells, fractions
+                    symbol = int(symbols[i])
+                    self.counts.learn(chunk, before, symbol, cell, weight, total, int(row[symbol]))
+        return probabilities, cells, fractions, *counted
 
     def learn_rows(self, chunks: np.ndarray, probabilities: np.ndarray, cells: np.ndarray, fractions: np.ndarray,
-                   candidates: np.ndarray, symbols: np.ndarray) -> None:
-        """What `mix` without symbols left to learn, now that the rows' symbols are known."""
+                   count_cells: np.ndarray, count_weights: np.ndarray, count_totals: np.ndarray,
+                   candidates: np.ndarray, symbols: np.ndarray, previous: np.ndarray | None = None,
+                   rows: np.ndarray | None = None) -> None:
+        """What `mix` without symbols left to learn, now that the rows' symbols are known (version
+        3: with the previous tokens and the mixed rows the symbols were decoded under)."""
         arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (chunks, cells, fractions, probabilities,
                                                                      candidates, symbols)]
         if _online is not None:
             _online.learn_rows(*arrays, self.own_hits, self.own_trials)
-            return
-        for chunk, cell, fraction, probability, candidate, symbol in zip(*(a.tolist() for a in arrays)):
-            if probability:
-                self.learn(chunk, cell, fraction, symbol == candidate)
+        else:
+            for chunk, cell, fraction, probability, candidate, symbol in zip(*(a.tolist() for a in arrays)):
+                if probability:
+                    self.learn(chunk, cell, fraction, symbol == candidate)
+        if self.counts is not None:
+            if previous is None or rows is None:
+                raise ValueError("version 3 learns knowing the previous tokens and the mixed rows")
+            for i, (chunk, symbol, before) in enumerate(zip(arrays[0].tolist(), arrays[5].tolist(),
+                                                            np.asarray(previous).tolist())):
+                self.counts.learn(chunk, before, symbol, int(count_cells[i]), int(count_weights[i]),
+                                  int(count_totals[i]), int(rows[i, symbol]))

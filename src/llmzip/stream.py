@@ -33,7 +33,7 @@ import numpy as np
 from . import coder, container
 from .container import CHUNK_MODEL, CHUNK_NAMES, CHUNK_STORED, CHUNK_XZ, ChunkRecord, EndRecord
 from .errors import CorruptError
-from .online import ROW_TOTAL_BITS, OnlineModel
+from .online import ROW_TOTAL_BITS, START_KEY, OnlineModel
 from .record import ModelRecord
 
 BLOCK_BYTES = 1 << 20  # input read per tokenisation; also the largest raw or xz chunk
@@ -135,21 +135,33 @@ def lockstep(engine, lengths: list[int], token_at: Callable[[int, int], int], on
             feed[active] = tokens
 
 
-def _mix_encoder_rows(online: OnlineModel, chunk: int, rows: np.ndarray, candidates: np.ndarray,
-                      match_lengths: np.ndarray, symbols: np.ndarray) -> None:
-    """The online model's one probability path, encoder side: rows of positions of one chunk, in
-    order, mixed in place; each symbol is learnt from before the next row is mixed."""
-    online.mix(rows, np.full(len(rows), chunk), candidates, match_lengths, symbols)
+def _previous_tokens(tokens: np.ndarray, start: int, count: int) -> np.ndarray:
+    """The token before each of positions start.. of a chunk (START_KEY before its first)."""
+    if start > 0:
+        return np.asarray(tokens[start - 1 : start + count - 1], dtype=np.int64)
+    return np.concatenate([[START_KEY], tokens[: count - 1]]).astype(np.int64)
 
 
-def _mix_decoder_rows(online: OnlineModel, chunks: list[int], rows: np.ndarray, candidates: np.ndarray,
-                      match_lengths: np.ndarray, decode: Callable[[int, np.ndarray], int]) -> None:
-    """The same path, decoder side: one row of each chunk in `chunks` mixed in place, its token
-    decoded by `decode(i, row)`, then learnt from. A chunk's next row is mixed only at the next
-    step, so learning after the step's rows are decoded is learning in the encoder's order."""
-    mixed = online.mix(rows, np.asarray(chunks), candidates, match_lengths)
+def _mix_encoder_rows(online: OnlineModel, chunk: int, start: int, rows: np.ndarray, candidates: np.ndarray,
+                      match_lengths: np.ndarray, tokens: np.ndarray) -> None:
+    """The online model's one probability path, encoder side: rows of positions start.. of one
+    chunk (its tokens `tokens`), in order, mixed in place; each symbol is learnt from before the
+    next row is mixed."""
+    count = len(rows)
+    online.mix(rows, np.full(count, chunk), candidates, match_lengths, tokens[start : start + count],
+               steps=np.arange(start, start + count), previous=_previous_tokens(tokens, start, count))
+
+
+def _mix_decoder_rows(online: OnlineModel, chunks: list[int], step: int, previous: np.ndarray, rows: np.ndarray,
+                      candidates: np.ndarray, match_lengths: np.ndarray, decode: Callable[[int, np.ndarray], int]) -> None:
+    """The same path, decoder side: one row of each chunk in `chunks` at position `step`, after
+    the tokens `previous`, mixed in place, its token decoded by `decode(i, row)`, then learnt
+    from. A chunk's next row is mixed only at the next step, so learning after the step's rows
+    are decoded is learning in the encoder's order."""
+    mixed = online.mix(rows, np.asarray(chunks), candidates, match_lengths, steps=np.full(len(chunks), step),
+                       previous=previous)
     symbols = np.array([decode(i, rows[i : i + 1]) for i in range(len(rows))], dtype=np.int64)
-    online.learn_rows(np.asarray(chunks), *mixed, candidates, symbols)
+    online.learn_rows(np.asarray(chunks), *mixed, candidates, symbols, previous=previous, rows=rows)
 
 
 def lockstep_limit(engine, chunk_tokens: int, most: int) -> int:
@@ -256,8 +268,8 @@ def _encode_unit(engine, token_lists: list[np.ndarray], online: OnlineModel, tok
         alone = coder.code_length_bits(symbols, rows, EXACT_ROW_TOTAL)
         if code_alone:  # before the rows are mixed
             encoders[index].alone_encoder.encode(symbols, rows)
-        _mix_encoder_rows(online, index, rows, candidates[index][positions], match_lengths[index][positions],
-                          symbols)
+        _mix_encoder_rows(online, index, start, rows, candidates[index][positions], match_lengths[index][positions],
+                          token_lists[index])
         encoders[index].encode(start, symbols, rows, alone, EXACT_ROW_TOTAL)
     online.end_unit()
     if alone_payloads is not None:
@@ -304,7 +316,8 @@ def _decode_unit(engine, records: list[ChunkRecord], online: OnlineModel) -> lis
         candidates, match_lengths = predictions
         online.begin_step(step)
         rows = weights if len(active) == len(weights) else weights[active]  # mixed in place: not needed again
-        _mix_decoder_rows(online, active, floats.convert(rows), candidates, match_lengths, decode)
+        previous = np.array([decoded[chunk][step - 1] if step else START_KEY for chunk in active], dtype=np.int64)
+        _mix_decoder_rows(online, active, step, previous, floats.convert(rows), candidates, match_lengths, decode)
     online.end_unit()
     return decoded
 
