@@ -153,7 +153,8 @@ def _mix_encoder_rows(online: OnlineModel, chunk: int, start: int, rows: np.ndar
 
 
 def _mix_decoder_rows(online: OnlineModel, chunks: list[int], step: int, previous: np.ndarray, rows: np.ndarray,
-                      candidates: np.ndarray, match_lengths: np.ndarray, decode: Callable[[int, np.ndarray], int]) -> None:
+                      candidates: np.ndarray, match_lengths: np.ndarray,
+                      decode: Callable[[int, np.ndarray], int]) -> None:
     """The same path, decoder side: one row of each chunk in `chunks` at position `step`, after
     the tokens `previous`, mixed in place, its token decoded by `decode(i, row)`, then learnt
     from. A chunk's next row is mixed only at the next step, so learning after the step's rows
