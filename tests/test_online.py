@@ -17,6 +17,14 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 TOTAL = 1 << online.ROW_TOTAL_BITS
 
 
+@pytest.fixture(autouse=True, params=[2, 3], ids=["v2", "v3"])
+def written_version(request, monkeypatch):
+    """Every test with each version the encoder writes: 3 for large models, 2 for small ones
+    (the test models are small; version 3 is forced by lowering the bar)."""
+    monkeypatch.setattr(online, "FOLLOWER_COUNTS_PARAMETERS", 0 if request.param == 3 else 1 << 62)
+    return request.param
+
+
 def _random_rows(generator, count, vocabulary):
     """Rows like an exact engine's: non-negative integers summing to 2**30, some entries zero."""
     raw = generator.integers(0, 1 << 20, size=(count, vocabulary)) * (generator.random((count, vocabulary)) < 0.7)
@@ -199,7 +207,7 @@ def _structured(count=60):
 
 
 @pytest.mark.parametrize("xz_fallback", [False, True])
-def test_round_trip_with_a_small_generated_model(tiny_model, one_thread, xz_fallback):
+def test_round_trip_with_a_small_generated_model(tiny_model, one_thread, xz_fallback, written_version):
     from conftest import SAMPLE_TEXT
 
     data = (SAMPLE_TEXT * 5).encode() + _structured(6)
@@ -211,7 +219,7 @@ def test_round_trip_with_a_small_generated_model(tiny_model, one_thread, xz_fall
     settings = llmzip.info(packed).model_settings
     assert llmzip.decompress(packed, model=tiny_model) == data
     if not xz_fallback:  # (with it, xz wins this repetitive text outright)
-        assert settings["online"] == online.online_settings(3, 10)
+        assert settings["online"] == online.online_settings(3, 10, version=written_version)
         assert summary.model_bits < summary.model_alone_bits  # repeats beyond a chunk's context cost less
     alone = llmzip.compress(data, model=tiny_model, engine="exact", chunk_tokens=40, batch_size=3,
                             xz_fallback=xz_fallback, online=False)
@@ -274,10 +282,10 @@ def _sample(copies=4):
     return (SAMPLE_TEXT * copies).encode()
 
 
-def test_unknown_online_settings_in_a_file_are_refused(tiny_model, one_thread, monkeypatch):
+def test_unknown_online_settings_in_a_file_are_refused(tiny_model, one_thread, monkeypatch, written_version):
     packed = llmzip.compress(_sample(), model=tiny_model, engine="exact", chunk_tokens=40, batch_size=2,
                              xz_fallback=False, online=True)
-    monkeypatch.setattr(online, "VERSIONS", tuple(v for v in online.VERSIONS if v != online.ONLINE_VERSION))
+    monkeypatch.setattr(online, "VERSIONS", tuple(v for v in online.VERSIONS if v != written_version))
     with pytest.raises(FormatError, match="online"):
         llmzip.decompress(packed, model=tiny_model)
 
@@ -309,9 +317,7 @@ def test_online_payloads_are_pinned(one_thread, version):
                                    online=True)
     tokens = compressor.model.tokenizer.tokenize(_sample(6))
     chunks = [tokens[start : start + 40] for start in range(0, len(tokens), 40)]  # folds at steps 10, 20, 30
-    settings = compressor.model_settings()["online"]
-    assert settings["version"] == online.ONLINE_VERSION
-    model = online.OnlineModel({**settings, "version": version})
+    model = online.OnlineModel({**compressor.model_settings()["online"], "version": version})
     digest = hashlib.sha256()
     saved = 0.0
     for first in range(0, len(chunks), 3):
@@ -345,9 +351,10 @@ def _golden_online() -> bytes:
                            chunk_tokens=40, batch_size=3, xz_fallback=False, online=True)
 
 
-def test_online_golden_file(one_thread):
-    """tests/golden/online.v3.llmz was written by _golden_online(); rewrite it only for a new online
-    version. online.llmz (version 1, 40-token chunks) and online.v2.llmz still decode."""
+def test_online_golden_file(one_thread, written_version):
+    """tests/golden/online.v2.llmz and online.v3.llmz were written by _golden_online() (the
+    golden model, small, writes version 2; version 3 forced); rewrite one only for a new online
+    version. online.llmz (version 1, 40-token chunks) still decodes."""
     first = (GOLDEN / "online.llmz").read_bytes()
     assert llmzip.info(first).model_settings["online"] == online.online_settings(3, version=1)
     assert llmzip.decompress(first, model=str(GOLDEN / "model")) == _sample(6) + _structured(4)
@@ -358,7 +365,8 @@ def test_online_golden_file(one_thread):
     assert llmzip.info(golden).model_settings["online"] == online.online_settings(3, 10)
     assert llmzip.decompress(golden, model=str(GOLDEN / "model")) == _sample(6) + _structured(4)
     assert len(golden) < len(second)
-    assert _golden_online() == golden, "the online model's bitstream changed: a format change needs a new version"
+    written = golden if written_version == 3 else second
+    assert _golden_online() == written, "the online model's bitstream changed: a format change needs a new version"
 
 
 def test_threads_do_not_change_the_bytes():
@@ -425,12 +433,12 @@ def test_a_small_file_is_coded_by_the_model_alone_when_the_online_model_does_not
     assert llmzip.decompress(packed) == PARAGRAPH
 
 
-def test_a_file_where_the_online_model_pays_keeps_it(one_thread):
+def test_a_file_where_the_online_model_pays_keeps_it(one_thread, written_version):
     data = _man_page()
     packed, summary = _compress(data)
     alone = llmzip.compress(data, level=1, online=False)
     details = llmzip.info(packed)
-    assert details.chunks["model"] > 1 and details.model_settings["online"]["version"] == online.ONLINE_VERSION
+    assert details.chunks["model"] > 1 and details.model_settings["online"]["version"] == written_version
     assert len(packed) < len(alone)
     choice = summary.online_choice
     assert choice.kept and choice.alone - choice.with_online == len(alone) - len(packed)  # real container bytes

@@ -115,7 +115,8 @@ class Compressor:
         online = None
         if self.online:
             online = online_model.online_settings(online_unit_chunks(self.engine, self.chunk_tokens, self.batch_size),
-                                                  online_model.fold_steps_for(self.chunk_tokens))
+                                                  online_model.fold_steps_for(self.chunk_tokens),
+                                                  online_model.version_for(self.model.parameters))
         return ModelRecord(
             model={
                 "name": self.model.name,

@@ -70,6 +70,7 @@ WEIGHT_START = 3277  # 0.05
 WEIGHT_MOST = 58982  # 0.9: the engine's row keeps at least a tenth
 WEIGHT_TRIAL_LIMIT = 1024  # older observations of a cell fade past this many
 START_KEY = -1  # the "previous token" of a chunk's first position
+FOLLOWER_COUNTS_PARAMETERS = 10_000_000  # the smallest model the encoder gives version 3
 
 TOKEN_BITS = 20  # a token id's field in a context key (vocabularies up to 2**20)
 _MASK64 = (1 << 64) - 1
@@ -86,6 +87,13 @@ def online_settings(unit_chunks: int, fold_steps: int | None = None, version: in
     if version == 1:
         return {"version": 1, "unit_chunks": unit_chunks}
     return {"version": version, "unit_chunks": unit_chunks, "fold_steps": fold_steps}
+
+
+def version_for(parameters: int) -> int:
+    """The version the encoder writes for a model of so many parameters: version 3's follower
+    counts cost about 0.1 ms a token in Python, a few percent of a large model's step but more
+    than a third of a small one's, which keeps version 2."""
+    return ONLINE_VERSION if parameters >= FOLLOWER_COUNTS_PARAMETERS else 2
 
 
 def fold_steps_for(chunk_tokens: int) -> int:
