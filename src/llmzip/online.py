@@ -212,6 +212,19 @@ def mix_counts(row: np.ndarray, tokens: np.ndarray, counts: np.ndarray, weight: 
     row[tokens] += shares
 
 
+def _fade(counts: np.ndarray, trials: np.ndarray, limit: int) -> None:
+    """Cells past `limit` trials scaled down to it, in place: older observations fade."""
+    faded = trials > limit
+    counts[faded] = counts[faded] * limit // trials[faded]
+    trials[faded] = limit
+
+
+def _sorted_counts(counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens ascending, their counts) of a {token: count} table."""
+    tokens = np.array(sorted(counts), dtype=np.int64)
+    return tokens, np.array([counts[token] for token in tokens.tolist()], dtype=np.int64)
+
+
 def count_cell(step: int, total: int) -> int:
     """The weight's context: the position in the chunk and how often the previous token was seen."""
     position = sum(step >= limit for limit in COUNT_POSITION_LIMITS)
@@ -250,9 +263,7 @@ class FollowerCounts:
         self.posteriors += self.own_posteriors.sum(axis=0)
         self.trials += self.own_trials.sum(axis=0)
         self.own_posteriors[:] = self.own_trials[:] = 0
-        faded = self.trials > WEIGHT_TRIAL_LIMIT
-        self.posteriors[faded] = self.posteriors[faded] * WEIGHT_TRIAL_LIMIT // self.trials[faded]
-        self.trials[faded] = WEIGHT_TRIAL_LIMIT
+        _fade(self.posteriors, self.trials, WEIGHT_TRIAL_LIMIT)
 
     def state(self) -> tuple:
         return ({previous: dict(followers) for previous, followers in self.shared.items()},
@@ -269,14 +280,11 @@ class FollowerCounts:
         """(tokens ascending, counts) that followed `previous` as chunk `chunk` sees them now."""
         arrays = self._arrays.get(previous)
         if arrays is None:
-            shared = self.shared.get(previous, {})
-            tokens = np.array(sorted(shared), dtype=np.int64)
-            arrays = self._arrays[previous] = (tokens, np.array([shared[t] for t in tokens.tolist()], dtype=np.int64))
+            arrays = self._arrays[previous] = _sorted_counts(self.shared.get(previous, {}))
         own = self.own[chunk].get(previous)
         if not own:
             return arrays
-        own_tokens = np.array(sorted(own), dtype=np.int64)
-        own_counts = np.array([own[t] for t in own_tokens.tolist()], dtype=np.int64)
+        own_tokens, own_counts = _sorted_counts(own)
         tokens, counts = arrays
         if not len(tokens):
             return own_tokens, own_counts
@@ -425,9 +433,7 @@ class OnlineModel:
         hits += self.own_hits.sum(axis=0)
         trials += self.own_trials.sum(axis=0)
         self.own_hits[:] = self.own_trials[:] = 0
-        faded = trials > COUNT_LIMIT
-        hits[faded] = hits[faded] * COUNT_LIMIT // trials[faded]
-        trials[faded] = COUNT_LIMIT
+        _fade(hits, trials, COUNT_LIMIT)
         if self.counts is not None:
             self.counts.fold()
 
