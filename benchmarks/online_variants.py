@@ -3,7 +3,8 @@
     python benchmarks/online_variants.py record FILE --out RECORD [--level 5] [--max-bytes N]
     python benchmarks/online_variants.py replay RECORD [--variants NAME ...] [--markdown FILE]
 
-`record` compresses FILE through the API with the online model's methods wrapped, so that it can
+`record` compresses FILE through the API, writing online model version 2 (the secondary estimate
+without version 3's follower counts), with the online model's methods wrapped, so that it can
 keep what each mixed row held: per position, the chunk, the match model's candidate and match
 length, the symbol, the model's weights for the candidate and the symbol, and the model's 16
 heaviest tokens with their weights. The unit, step and fold events come in the encoder's order.
@@ -70,12 +71,15 @@ def record(path: Path, level: int, max_bytes: int | None) -> dict:
     for name, function in (("mix", mix), ("begin_unit", begin_unit), ("begin_step", begin_step),
                            ("end_unit", end_unit)):
         setattr(model, name, function)
+    counts_parameters = online.FOLLOWER_COUNTS_PARAMETERS
+    online.FOLLOWER_COUNTS_PARAMETERS = 1 << 62  # version 2, the rule `replay` runs again
     try:
         data = path.read_bytes()[:max_bytes]
         started = time.perf_counter()
         packed = api.compress(data, level=level)
         seconds = time.perf_counter() - started
     finally:
+        online.FOLLOWER_COUNTS_PARAMETERS = counts_parameters
         for name, function in originals.items():
             setattr(model, name, function)
     return {"file": path.name, "bytes": len(data), "level": level, "compressed": len(packed), "seconds": seconds,
